@@ -1,0 +1,49 @@
+"""Shared behaviour of the entry points: print the config, turn user errors into one clear line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from segkit import SegkitError
+
+log = logging.getLogger("segkit")
+
+
+def run_task(task: Callable[[DictConfig], dict], cfg: DictConfig) -> float | None:
+    """Run ``task(cfg)``; return ``cfg.optimized_metric`` from its metrics (for Hydra sweepers).
+
+    A ``SegkitError`` (bad path, bad key, bad data) is logged as one line and exits with status 1.
+    """
+    if cfg.get("extras", {}).get("print_config"):
+        print_config(cfg)
+    try:
+        metrics = task(cfg)
+    except SegkitError as err:
+        log.error(f"error: {err}")
+        sys.exit(1)
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    value = metrics.get(f"best/{name}", metrics.get(name))
+    return None if value is None else float(value)
+
+
+def print_config(cfg: DictConfig) -> None:
+    """Show the composed config as YAML (resolved where possible) and save it in the run directory."""
+    text = OmegaConf.to_yaml(cfg, resolve=False)
+    try:
+        from rich.console import Console
+        from rich.syntax import Syntax
+
+        Console().print(Syntax(text, "yaml", theme="ansi_dark", background_color="default"))
+    except ImportError:  # rich is a dependency, but the config must print regardless
+        print(text)
+    output_dir = cfg.get("paths", {}).get("output_dir")
+    if output_dir:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / "config_tree.yaml").write_text(text)

@@ -1,0 +1,1 @@
+"""Networks (plain ``nn.Module``s in ``nets/``), backbones, and the one SegmentationModule."""

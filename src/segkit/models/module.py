@@ -1,0 +1,148 @@
+"""The one LightningModule: wraps any net, its loss, optimiser, schedule and metrics."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pytorch_lightning import LightningModule
+from torch import nn
+
+from segkit.metrics import SegmentationMetrics
+
+
+class SegmentationModule(LightningModule):
+    """Trains ``net`` (B x C x H x W -> B x K x H x W, or a dict with ``out`` and auxiliary outputs).
+
+    Args:
+        net: the network.
+        loss: ``loss(logits, target) -> scalar``; applied to ``out`` and to each output named in ``aux_weights``.
+        optimizer: ``optimizer(params) -> Optimizer`` (a Hydra ``_partial_``).
+        scheduler: ``scheduler(optimizer, total_steps=...) -> LRScheduler`` stepped per step, or None.
+        num_classes / ignore_index / class_names: from the data module.
+        aux_weights: output name -> loss weight for auxiliary heads, e.g. ``{"aux": 0.4}``.
+        config: the resolved run config, stored in checkpoints and shown to loggers.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        optimizer: Callable[..., torch.optim.Optimizer],
+        num_classes: int,
+        scheduler: Callable[..., Any] | None = None,
+        ignore_index: int = 255,
+        class_names: Sequence[str] | None = None,
+        aux_weights: Mapping[str, float] | None = None,
+        config: Mapping | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(dict(config or {}))
+        self.net, self.loss_fn = net, loss
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.class_names = tuple(class_names) if class_names else tuple(str(i) for i in range(num_classes))
+        self.aux_weights = dict(aux_weights or {})
+        self.val_metrics = SegmentationMetrics(num_classes, ignore_index, self.class_names)
+        self.test_metrics = SegmentationMetrics(num_classes, ignore_index, self.class_names)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Main-head logits only (inference)."""
+        out = self.net(images)
+        return out["out"] if isinstance(out, Mapping) else out
+
+    def _loss(self, outputs: torch.Tensor | Mapping[str, torch.Tensor], masks: torch.Tensor):
+        if not isinstance(outputs, Mapping):
+            return outputs, self.loss_fn(outputs, masks), {}
+        logits = outputs["out"]
+        parts = {name: self._aux_loss(outputs[name], masks) for name in self.aux_weights if name in outputs}
+        total = self.loss_fn(logits, masks) + sum(self.aux_weights[n] * v for n, v in parts.items())
+        return logits, total, parts
+
+    def _aux_loss(self, output: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Dense auxiliary heads (B x K x H x W) take the main loss; image-level heads (B x K, e.g. EncNet's
+        SE-loss) take BCE against which classes are present in each mask."""
+        if output.ndim == 2:
+            return F.binary_cross_entropy_with_logits(output, class_presence(masks, output.shape[1]))
+        return self.loss_fn(output, masks)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, masks = batch
+        _, loss, parts = self._loss(self.net(images), masks)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=images.shape[0])
+        for name, value in parts.items():
+            self.log(f"train/loss_{name}", value, on_step=False, on_epoch=True, batch_size=images.shape[0])
+        return loss
+
+    def _eval_step(self, batch, metrics: SegmentationMetrics, prefix: str) -> None:
+        images, masks = batch
+        logits, loss, _ = self._loss(self.net(images), masks)
+        self.log(f"{prefix}/loss", loss, on_epoch=True, prog_bar=prefix == "val", sync_dist=True,
+                 batch_size=images.shape[0])
+        metrics.update(logits.argmax(1), masks)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, "test")
+
+    def _log_metrics(self, metrics: SegmentationMetrics, prefix: str) -> None:
+        scalars = metrics.named_scalars(prefix)  # already summed over processes
+        self.log_dict({k: v for k, v in scalars.items() if "/IoU/" not in k}, prog_bar=prefix == "val")
+        self.log_dict({k: v for k, v in scalars.items() if "/IoU/" in k})
+        metrics.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics(self.val_metrics, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics(self.test_metrics, "test")
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(p for p in self.net.parameters() if p.requires_grad)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep the RNG states so a resumed run continues exactly (dropout, augmentation outside the sampler)."""
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": _numpy_state_to_plain(np.random.get_state()),
+            "python": random.getstate(),
+        }
+        checkpoint["segkit"] = {"class_names": list(self.class_names), "num_classes": self.num_classes,
+                                "ignore_index": self.ignore_index}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        states = checkpoint.get("rng_states")
+        if states:
+            torch.set_rng_state(states["torch"])
+            np.random.set_state(_plain_to_numpy_state(states["numpy"]))
+            random.setstate(states["python"])
+
+
+def _numpy_state_to_plain(state: tuple) -> tuple:
+    """NumPy's RNG state with plain types, so checkpoints load with ``weights_only=True``."""
+    name, keys, pos, has_gauss, cached = state
+    return name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)
+
+
+def _plain_to_numpy_state(state: tuple) -> tuple:
+    name, keys, pos, has_gauss, cached = state
+    return name, keys.numpy().astype(np.uint32), pos, has_gauss, cached
+
+
+def class_presence(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """B x H x W train ids -> B x K floats, 1 where the class occurs in that image (ignore pixels skipped)."""
+    valid = (masks >= 0) & (masks < num_classes)
+    flat = torch.where(valid, masks, torch.full_like(masks, num_classes)).flatten(1)
+    counts = torch.zeros(masks.shape[0], num_classes + 1, device=masks.device).scatter_add_(
+        1, flat, torch.ones_like(flat, dtype=torch.float32))
+    return (counts[:, :num_classes] > 0).float()

@@ -1,0 +1,97 @@
+"""What ``src/train.py`` runs: build everything from the composed config, fit, test, report."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from segkit import SegkitError
+from segkit.data.datamodule import SegmentationDataModule
+from segkit.models.module import SegmentationModule
+
+log = logging.getLogger("segkit")
+
+
+def instantiate_group(cfg: DictConfig | None, group: str) -> list[Any]:
+    """The objects of a dict-of-configs group (``callbacks``, ``logger``); entries set to null are skipped."""
+    objects = []
+    for name, item in (cfg or {}).items():
+        if item is None:
+            continue
+        if not isinstance(item, DictConfig) or "_target_" not in item:
+            raise SegkitError(f"{group}.{name} must be a config with a _target_; got {item!r}")
+        objects.append(hydra.utils.instantiate(item))
+    return objects
+
+
+def build_datamodule(cfg: DictConfig) -> SegmentationDataModule:
+    return hydra.utils.instantiate(cfg.data, _recursive_=True)
+
+
+def build_module(cfg: DictConfig, datamodule: SegmentationDataModule) -> SegmentationModule:
+    """The net gets ``num_classes`` and ``in_channels`` from the data; the rest comes from its groups."""
+    model_cfg = OmegaConf.masked_copy(cfg.model, [k for k in cfg.model if k != "aux_weights"])
+    net = hydra.utils.instantiate(model_cfg, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels)
+    loss = hydra.utils.instantiate(cfg.loss, ignore_index=datamodule.ignore_index)
+    scheduler = hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    return SegmentationModule(
+        net=net,
+        loss=loss,
+        optimizer=hydra.utils.instantiate(cfg.optimizer),
+        scheduler=scheduler,
+        num_classes=datamodule.num_classes,
+        ignore_index=datamodule.ignore_index,
+        class_names=datamodule.class_names,
+        aux_weights=cfg.model.get("aux_weights"),
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+
+
+def build_trainer(cfg: DictConfig) -> pl.Trainer:
+    callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
+    loggers = instantiate_group(cfg.get("logger"), "logger")
+    return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit, then test the best checkpoint; returns the final metrics (``cfg.optimized_metric`` among them)."""
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision(cfg.get("matmul_precision", "high"))
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, datamodule)
+    trainer = build_trainer(cfg)
+
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path and not Path(ckpt_path).is_file():
+        raise SegkitError(f"ckpt_path='{ckpt_path}' does not exist; point it at a run's checkpoints/last.ckpt")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if cfg.get("test") and datamodule.splits.get("test"):
+        test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
+        for result in test_metrics:
+            metrics.update({k: float(v) for k, v in result.items()})
+    monitor = trainer.checkpoint_callback.monitor if trainer.checkpoint_callback else None
+    if monitor and trainer.checkpoint_callback.best_model_score is not None:
+        metrics[f"best/{monitor}"] = float(trainer.checkpoint_callback.best_model_score)
+    metrics["best_model_path"] = best  # type: ignore[assignment]
+    if trainer.is_global_zero:
+        _report(metrics, best, cfg.get("optimized_metric"))
+    return metrics
+
+
+def _report(metrics: dict, best: str, optimized: str | None) -> None:
+    keys = [k for k in ("val/mIoU", "val/pixAcc", "val/mAcc", "val/fwIoU", "val/loss",
+                        "test/mIoU", "test/pixAcc", "test/mAcc", "test/fwIoU") if k in metrics]
+    log.info("final metrics: " + "  ".join(f"{k}={metrics[k]:.4f}" for k in keys))
+    log.info(f"best checkpoint: {best or '(none saved)'}")
+    if optimized and optimized not in metrics:
+        log.warning(f"optimized_metric '{optimized}' was not logged; available: {sorted(metrics)}")
