@@ -37,6 +37,8 @@ def compose_config(config_name: str = "train", overrides: list[str] | None = Non
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=overrides or [], return_hydra_config=return_hydra_config)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(ROOT)  # ${hydra:runtime.cwd} exists only inside a Hydra run
     if output_dir is not None:
         with open_dict(cfg):
             cfg.paths.output_dir = str(output_dir)
@@ -49,7 +51,8 @@ def tiny_cfg(tmp_path):
     """``tiny_cfg(*overrides)``: the train config shrunk to TINY, writing under tmp_path."""
 
     def make(*overrides: str) -> DictConfig:
-        return compose_config("train", TINY + list(overrides), output_dir=tmp_path)
+        own_dir = any(o.startswith("paths.output_dir=") for o in overrides)
+        return compose_config("train", TINY + list(overrides), output_dir=None if own_dir else tmp_path)
 
     return make
 

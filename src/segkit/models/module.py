@@ -73,7 +73,8 @@ class SegmentationModule(LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, masks = batch
         _, loss, parts = self._loss(self.net(images), masks)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=images.shape[0])
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=images.shape[0])
+        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, batch_size=images.shape[0])
         for name, value in parts.items():
             self.log(f"train/loss_{name}", value, on_step=False, on_epoch=True, batch_size=images.shape[0])
         return loss

@@ -1,0 +1,83 @@
+"""DeepLabv3 (Chen et al., 2017) and DeepLabv3+ (Chen et al., 2018) on a dilated torchvision ResNet.
+
+DeepLabv3 classifies the ASPP features (atrous rates 6/12/18 at output stride 16, doubled at 8,
+plus image pooling) and upsamples bilinearly; its layout equals torchvision's ``deeplabv3_resnet*``
+(same parameter count), with an optional auxiliary FCN head on layer3 as torchvision has.
+DeepLabv3+ adds a light decoder that refines the ASPP output with stride-4 low-level features,
+recovering boundaries at output stride 16 for much less compute than stride 8.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from segkit import SegkitError
+from segkit.models.backbones import ResNetBackbone
+from segkit.models.nets.blocks import ASPP, ConvBNReLU, FCNHead, resize_to
+
+
+def aspp_rates(output_stride: int) -> tuple[int, int, int]:
+    if output_stride not in (8, 16):
+        raise SegkitError(f"model.output_stride={output_stride}; DeepLab takes 8 or 16")
+    return (6, 12, 18) if output_stride == 16 else (12, 24, 36)
+
+
+class DeepLabV3(nn.Module):
+    """DeepLabv3: returns ``{"out", "aux"}`` in train mode when ``aux``, the logits otherwise."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        backbone: str = "resnet50",
+        output_stride: int = 8,
+        aux: bool = True,
+        pretrained: bool = False,
+        weights_path: str | None = None,
+    ) -> None:
+        super().__init__()
+        rates = aspp_rates(output_stride)
+        self.backbone = ResNetBackbone(backbone, in_channels, output_stride, pretrained, weights_path)
+        c3, c4 = self.backbone.channels[2:]
+        self.head = nn.Sequential(ASPP(c4, rates), ConvBNReLU(256, 256, 3), nn.Conv2d(256, num_classes, 1))
+        self.aux_head = FCNHead(c3, num_classes) if aux else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        size = x.shape[-2:]
+        _, _, c3, c4 = self.backbone(x)
+        out = resize_to(self.head(c4), size)
+        if self.training and self.aux_head is not None:
+            return {"out": out, "aux": resize_to(self.aux_head(c3), size)}
+        return out
+
+
+class DeepLabV3Plus(nn.Module):
+    """DeepLabv3+: ASPP on the last features, upsampled to stride 4 and fused with projected layer1 features."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        backbone: str = "resnet50",
+        output_stride: int = 16,
+        low_level_channels: int = 48,
+        pretrained: bool = False,
+        weights_path: str | None = None,
+    ) -> None:
+        super().__init__()
+        rates = aspp_rates(output_stride)
+        self.backbone = ResNetBackbone(backbone, in_channels, output_stride, pretrained, weights_path)
+        c1, c4 = self.backbone.channels[0], self.backbone.channels[3]
+        self.aspp = ASPP(c4, rates, dropout=0.1)
+        self.low_level = ConvBNReLU(c1, low_level_channels, 1)
+        self.decoder = nn.Sequential(
+            ConvBNReLU(256 + low_level_channels, 256, 3), ConvBNReLU(256, 256, 3), nn.Conv2d(256, num_classes, 1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        c1, _, _, c4 = self.backbone(x)
+        low = self.low_level(c1)
+        high = resize_to(self.aspp(c4), low.shape[-2:])
+        return resize_to(self.decoder(torch.cat([high, low], dim=1)), size)

@@ -1,0 +1,88 @@
+"""Semantic FPN: the Panoptic-FPN semantic head (Kirillov, Girshick, He & Dollár, CVPR 2019) on a ResNet.
+
+A feature pyramid (Lin et al., 2017: 1x1 lateral convs, nearest-neighbour top-down pathway, 3x3 output
+convs, ``pyramid_channels`` wide) gives P2..P5 at strides 4..32. The semantic head brings every level to
+stride 4 with stages of 3x3 conv - GroupNorm - ReLU (``head_channels`` wide) each followed by a 2x bilinear
+upsample (P2 gets one stage without upsampling), sums them, classifies with a 1x1 conv and upsamples x4.
+It is the light, all-scales decoder the paper proposed as a strong baseline for dense prediction.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segkit.models.backbones import ResNetBackbone
+from segkit.models.nets.common import crop_to, pad_to_multiple
+
+
+class FeaturePyramid(nn.Module):
+    """Top-down pathway with lateral connections: every level gets the semantics of the deepest one."""
+
+    def __init__(self, in_channels: list[int], channels: int = 256) -> None:
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_channels)
+        self.output = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in in_channels)
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        laterals = [conv(f) for conv, f in zip(self.lateral, feats)]
+        for i in range(len(laterals) - 2, -1, -1):
+            laterals[i] = laterals[i] + F.interpolate(laterals[i + 1], size=laterals[i].shape[-2:], mode="nearest")
+        return [conv(p) for conv, p in zip(self.output, laterals)]
+
+
+def _upsample_stage(in_channels: int, out_channels: int, upsample: bool, groups: int) -> nn.Sequential:
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.GroupNorm(groups, out_channels),
+        nn.ReLU(inplace=True),
+    ]
+    if upsample:
+        layers.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
+    return nn.Sequential(*layers)
+
+
+class SemanticHead(nn.Module):
+    """Merges pyramid levels at strides ``4 * 2**i`` into one stride-4 map of ``channels``."""
+
+    def __init__(self, num_levels: int, in_channels: int = 256, channels: int = 128, groups: int = 32) -> None:
+        super().__init__()
+        self.levels = nn.ModuleList()
+        for level in range(num_levels):
+            stages = [_upsample_stage(in_channels, channels, level > 0, groups)]
+            stages += [_upsample_stage(channels, channels, True, groups) for _ in range(level - 1)]
+            self.levels.append(nn.Sequential(*stages))
+
+    def forward(self, pyramid: list[torch.Tensor]) -> torch.Tensor:
+        out = self.levels[0](pyramid[0])
+        for level, p in zip(self.levels[1:], pyramid[1:]):
+            out = out + level(p)
+        return out
+
+
+class SemanticFPN(nn.Module):
+    """Semantic FPN on a torchvision ResNet (ResNet-50 in the paper's ablations)."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        backbone: str = "resnet50",
+        pretrained: bool = False,
+        weights_path: str | None = None,
+        pyramid_channels: int = 256,
+        head_channels: int = 128,
+        groups: int = 32,
+    ) -> None:
+        super().__init__()
+        self.backbone = ResNetBackbone(backbone, in_channels, 32, pretrained, weights_path)
+        self.pyramid = FeaturePyramid(self.backbone.channels, pyramid_channels)
+        self.head = SemanticHead(len(self.backbone.channels), pyramid_channels, head_channels, groups)
+        self.classifier = nn.Conv2d(head_channels, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padded, size = pad_to_multiple(x, 32)
+        logits = self.classifier(self.head(self.pyramid(self.backbone(padded))))
+        logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear", align_corners=False)
+        return crop_to(logits, size)

@@ -1,0 +1,72 @@
+"""LinkNet (Chaurasia & Culurciello, 2017): a ResNet encoder whose features are ADDED to the decoder's.
+
+Adding (not concatenating) the encoder features keeps the decoder as narrow as the encoder, which is what makes
+LinkNet light (~11.5M parameters with ResNet-18) yet able to recover the spatial detail lost by downsampling.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from segkit.models.backbones import ResNetBackbone
+from segkit.models.nets.common import crop_to, pad_to_multiple
+
+
+def bn_relu(channels: int) -> list[nn.Module]:
+    return [nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
+
+
+class DecoderBlock(nn.Module):
+    """1x1 conv to a quarter, 3x3 full (transposed) conv x``stride``, 1x1 conv to ``cout``; BN-ReLU after each."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 2) -> None:
+        super().__init__()
+        mid = cin // 4
+        if stride == 2:
+            middle = nn.ConvTranspose2d(mid, mid, 3, stride=2, padding=1, output_padding=1, bias=False)
+        else:
+            middle = nn.Conv2d(mid, mid, 3, padding=1, bias=False)
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, mid, 1, bias=False), *bn_relu(mid),
+            middle, *bn_relu(mid),
+            nn.Conv2d(mid, cout, 1, bias=False), *bn_relu(cout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class LinkNet(nn.Module):
+    """ResNet-18/34 encoder (stride 32), four decoder blocks with additive links, and the paper's final block
+    (3x3 full conv x2, 3x3 conv, 2x2 full conv x2 to classes).
+
+    torchvision's ``layer1`` does not downsample (the paper's encoder block 1 does), so decoder block 1 keeps
+    its resolution and the final block's two x2 steps restore the stem's stride 4. Inputs of any size are padded
+    to a multiple of 32 and the output cropped back.
+    """
+
+    def __init__(self, num_classes: int, in_channels: int = 3, backbone: str = "resnet18", pretrained: bool = False,
+                 weights_path: str | None = None) -> None:
+        super().__init__()
+        self.encoder = ResNetBackbone(backbone, in_channels, output_stride=32, pretrained=pretrained,
+                                      weights_path=weights_path)
+        c1, c2, c3, c4 = self.encoder.channels
+        self.decoders = nn.ModuleList([
+            DecoderBlock(c4, c3), DecoderBlock(c3, c2), DecoderBlock(c2, c1), DecoderBlock(c1, 64, stride=1),
+        ])
+        self.final = nn.Sequential(
+            nn.ConvTranspose2d(64, 32, 3, stride=2, padding=1, output_padding=1, bias=False), *bn_relu(32),
+            nn.Conv2d(32, 32, 3, padding=1, bias=False), *bn_relu(32),
+            nn.ConvTranspose2d(32, num_classes, 2, stride=2),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, size = pad_to_multiple(x, 32)
+        features = self.encoder(x)
+        y = features.pop()
+        for decoder in self.decoders:
+            y = decoder(y)
+            if features:
+                y = y + features.pop()
+        return crop_to(self.final(y), size)

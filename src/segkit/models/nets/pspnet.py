@@ -1,0 +1,63 @@
+"""PSPNet (Zhao et al., 2017): a dilated ResNet (output stride 8) and a pyramid pooling module.
+
+Pooling the last features to 1x1, 2x2, 3x3 and 6x6 grids gives every pixel context at four scales
+(the whole image down to sub-regions) before the classifier. An auxiliary FCN head on layer3 adds
+deep supervision while training (its loss weight, 0.4 in the paper, sits in the model config).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from segkit.models.backbones import ResNetBackbone
+from segkit.models.nets.blocks import ConvBNReLU, FCNHead, resize_to
+
+
+class PyramidPooling(nn.Module):
+    """Average-pool to each ``bins`` grid, 1x1 conv-BN-ReLU, upsample back, concatenate with the input."""
+
+    def __init__(self, in_channels: int, bins: tuple[int, ...] = (1, 2, 3, 6)) -> None:
+        super().__init__()
+        branch_channels = in_channels // len(bins)
+        self.branches = nn.ModuleList(
+            nn.Sequential(nn.AdaptiveAvgPool2d(b), ConvBNReLU(in_channels, branch_channels, 1)) for b in bins
+        )
+        self.out_channels = in_channels + branch_channels * len(bins)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        return torch.cat([x] + [resize_to(branch(x), size) for branch in self.branches], dim=1)
+
+
+class PSPNet(nn.Module):
+    """PSPNet on a torchvision ResNet; returns ``{"out", "aux"}`` in train mode (when ``aux``), the logits in eval."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        backbone: str = "resnet50",
+        output_stride: int = 8,
+        bins: tuple[int, ...] = (1, 2, 3, 6),
+        aux: bool = True,
+        dropout: float = 0.1,
+        pretrained: bool = False,
+        weights_path: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = ResNetBackbone(backbone, in_channels, output_stride, pretrained, weights_path)
+        c3, c4 = self.backbone.channels[2:]
+        self.ppm = PyramidPooling(c4, tuple(bins))
+        self.head = nn.Sequential(
+            ConvBNReLU(self.ppm.out_channels, 512, 3), nn.Dropout(dropout), nn.Conv2d(512, num_classes, 1)
+        )
+        self.aux_head = FCNHead(c3, num_classes, dropout) if aux else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        size = x.shape[-2:]
+        _, _, c3, c4 = self.backbone(x)
+        out = resize_to(self.head(self.ppm(c4)), size)
+        if self.training and self.aux_head is not None:
+            return {"out": out, "aux": resize_to(self.aux_head(c3), size)}
+        return out

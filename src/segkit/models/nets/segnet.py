@@ -1,0 +1,56 @@
+"""SegNet (Badrinarayanan, Kendall & Cipolla, 2017): a VGG16-BN encoder and a mirrored decoder.
+
+The decoder upsamples with max-unpooling by the encoder's own pooling indices (no learned
+upsampling), which puts each activation back where the maximum came from and keeps boundaries
+sharp for a fraction of the memory of FCN's skip features. Each decoder stage mirrors its encoder
+stage (same number of conv-BN-ReLU layers, channels reversed); the last layer is a 3x3 classifier.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segkit import SegkitError
+from segkit.models.backbones import vgg_conv_stages, vgg_features
+from segkit.models.nets.blocks import ConvBNReLU
+from segkit.models.nets.common import crop_to, pad_to_multiple
+
+SEGNET_ENCODERS = ("vgg16_bn", "vgg19_bn", "vgg13_bn", "vgg11_bn")
+
+
+class SegNet(nn.Module):
+    """SegNet; ``backbone`` names the torchvision VGG-BN encoder (``pretrained``/``weights_path`` for it)."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        backbone: str = "vgg16_bn",
+        pretrained: bool = False,
+        weights_path: str | None = None,
+    ) -> None:
+        super().__init__()
+        if backbone not in SEGNET_ENCODERS:
+            raise SegkitError(f"model.backbone={backbone!r}; SegNet takes one of {SEGNET_ENCODERS}")
+        self.encoder = vgg_conv_stages(vgg_features(backbone, pretrained, weights_path), in_channels)
+        self.decoder = nn.ModuleList(_mirror(stage) for stage in reversed(self.encoder))
+        last = self.decoder[-1]
+        last[-1] = nn.Conv2d(last[-1][0].in_channels, num_classes, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, size = pad_to_multiple(x, 2 ** len(self.encoder))
+        indices = []
+        for stage in self.encoder:
+            x, idx = F.max_pool2d(stage(x), 2, 2, return_indices=True)
+            indices.append(idx)
+        for stage, idx in zip(self.decoder, reversed(indices)):
+            x = stage(F.max_unpool2d(x, idx, 2, 2))
+        return crop_to(x, size)
+
+
+def _mirror(stage: nn.Sequential) -> nn.Sequential:
+    """Conv-BN-ReLU layers with the encoder stage's convolutions in reverse order, in/out channels swapped."""
+    convs = [m for m in stage if isinstance(m, nn.Conv2d)]
+    return nn.Sequential(*(ConvBNReLU(c.out_channels, c.in_channels, 3) for c in reversed(convs)))

@@ -1,0 +1,79 @@
+"""torchvision's own segmentation models behind segkit's net contract, to compare against them in this framework.
+
+torchvision returns an ``OrderedDict`` (``out`` and, with ``aux_loss``, ``aux``); here train mode returns
+that as a plain dict and eval mode the ``out`` tensor. ``pretrained`` loads torchvision's DEFAULT
+segmentation weights (COCO with the 21 VOC classes) and ``weights_path`` a saved state dict of the same
+torchvision model; the class layers are re-initialised when ``num_classes`` differs. Backbone-only
+ImageNet weights (``weights_backbone``) are never fetched, so the default is a fully random init.
+"""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import nn
+
+from segkit import SegkitError
+from segkit.models.backbones import download_state_dict, load_into, load_state_dict_file, replace_first_conv
+
+# The layers whose output width is num_classes, re-initialised when a checkpoint has another class count.
+CLASS_LAYERS = {
+    "fcn_resnet50": ("classifier.4", "aux_classifier.4"),
+    "fcn_resnet101": ("classifier.4", "aux_classifier.4"),
+    "deeplabv3_resnet50": ("classifier.4", "aux_classifier.4"),
+    "deeplabv3_resnet101": ("classifier.4", "aux_classifier.4"),
+    "deeplabv3_mobilenet_v3_large": ("classifier.4", "aux_classifier.4"),
+    "lraspp_mobilenet_v3_large": ("classifier.low_classifier", "classifier.high_classifier"),
+}
+
+
+class TorchvisionSegmentation(nn.Module):
+    """``torchvision.models.segmentation.<arch>`` with ``in_channels`` inputs and ``num_classes`` outputs."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        arch: str = "deeplabv3_resnet50",
+        aux: bool = False,
+        pretrained: bool = False,
+        weights_path: str | None = None,
+    ) -> None:
+        super().__init__()
+        if arch not in CLASS_LAYERS:
+            raise SegkitError(f"model.arch={arch!r}; choose one of {tuple(CLASS_LAYERS)}")
+        kwargs = {"num_classes": num_classes, "weights": None, "weights_backbone": None}
+        if arch.startswith("lraspp"):
+            if aux:
+                raise SegkitError(f"{arch} has no auxiliary head; set model.aux=false")
+        else:
+            kwargs["aux_loss"] = aux
+        self.model = torchvision.models.get_model(arch, **kwargs)
+        if weights_path:
+            self._load(load_state_dict_file(weights_path), arch, f"weights file '{weights_path}'")
+        elif pretrained:
+            self._load(download_state_dict(arch), arch, f"torchvision's {arch} weights")
+        replace_first_conv(self.model.backbone, in_channels)
+
+    def _load(self, state: dict[str, torch.Tensor], arch: str, source: str) -> None:
+        """Load all but the class layers whose shape differs, and the aux head when only one side has it."""
+        own = self.model.state_dict()
+        has_aux = any(k.startswith("aux_classifier.") for k in own)
+        skip = {k for k, v in state.items()
+                if (k.startswith("aux_classifier.") and not has_aux)
+                or (k in own and k.rpartition(".")[0] in CLASS_LAYERS[arch] and v.shape != own[k].shape)}
+        result = load_into(self.model, {k: v for k, v in state.items() if k not in skip}, source, strict=False)
+        missing = [k for k in result.missing_keys
+                   if k not in skip and not (k.startswith("aux_classifier.") and not any(
+                       s.startswith("aux_classifier.") for s in state))]
+        if missing or result.unexpected_keys:
+            raise SegkitError(
+                f"{source} does not fit torchvision's {arch}: missing {missing[:3]}, unexpected "
+                f"{result.unexpected_keys[:3]}; save torchvision.models.get_model('{arch}').state_dict()"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        out = self.model(x)
+        if self.training and "aux" in out:
+            return {"out": out["out"], "aux": out["aux"]}
+        return out["out"]
