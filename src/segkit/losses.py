@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,8 @@ class CrossEntropyLoss(nn.Module):
         self.ignore_index, self.label_smoothing = ignore_index, label_smoothing
         if class_weights is not None and isinstance(class_weights, str):
             raise SegkitError(
-                f"loss.class_weights={class_weights!r} needs the class-weights computation; give a list of floats or null"
+                f"loss.class_weights={class_weights!r}: names (enet, median_freq) are resolved from the train split by "
+                f"segkit.training.build_module; building the loss directly, pass segkit.data.class_weights' list"
             )
         weight = torch.as_tensor(list(class_weights), dtype=torch.float32) if class_weights is not None else None
         self.register_buffer("weight", weight, persistent=False)
@@ -34,3 +35,208 @@ class CrossEntropyLoss(nn.Module):
         return F.cross_entropy(
             logits, target, weight=self.weight, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing
         )
+
+
+def _valid_pixels(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits N x K and targets N of the pixels whose target is not ``ignore_index``."""
+    num_classes = logits.shape[1]
+    flat = logits.movedim(1, -1).reshape(-1, num_classes)
+    labels = target.reshape(-1)
+    keep = labels != ignore_index
+    return flat[keep], labels[keep]
+
+
+def _check_targets(labels: torch.Tensor, num_classes: int, name: str) -> None:
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise SegkitError(
+            f"loss {name} got target ids outside 0..{num_classes - 1} that are not the ignore index; "
+            "check the label table (data.labels) and model num_classes"
+        )
+
+
+class BCEWithLogitsLoss(nn.Module):
+    """Per-class binary cross-entropy on one-hot targets: each class is its own sigmoid, as in recipes trained
+    with ``BCEWithLogits``; ignore pixels drop out of the mean over (valid pixels x classes)."""
+
+    def __init__(self, ignore_index: int = 255, pos_weight: Sequence[float] | None = None) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+        weight = torch.as_tensor(list(pos_weight), dtype=torch.float32) if pos_weight is not None else None
+        self.register_buffer("pos_weight", weight, persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        flat, labels = _valid_pixels(logits, target, self.ignore_index)
+        if labels.numel() == 0:
+            return logits.sum() * 0.0
+        _check_targets(labels, flat.shape[1], "bce")
+        one_hot = F.one_hot(labels, flat.shape[1]).to(flat.dtype)
+        return F.binary_cross_entropy_with_logits(flat, one_hot, pos_weight=self.pos_weight)
+
+
+class FocalLoss(nn.Module):
+    """Focal loss (Lin et al., 2017): ``-alpha_t (1 - p_t)^gamma log p_t`` averaged over valid pixels.
+    Down-weights the many easy pixels so rare, hard classes drive the gradient."""
+
+    def __init__(self, ignore_index: int = 255, gamma: float = 2.0, alpha: Sequence[float] | None = None) -> None:
+        super().__init__()
+        self.ignore_index, self.gamma = ignore_index, gamma
+        weight = torch.as_tensor(list(alpha), dtype=torch.float32) if alpha is not None else None
+        self.register_buffer("alpha", weight, persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        flat, labels = _valid_pixels(logits, target, self.ignore_index)
+        if labels.numel() == 0:
+            return logits.sum() * 0.0
+        _check_targets(labels, flat.shape[1], "focal")
+        log_pt = F.log_softmax(flat.float(), dim=1).gather(1, labels[:, None]).squeeze(1)
+        loss = -((1.0 - log_pt.exp()) ** self.gamma) * log_pt
+        if self.alpha is not None:
+            loss = loss * self.alpha[labels]
+        return loss.mean()
+
+
+class DiceLoss(nn.Module):
+    """Soft Dice: ``1 - (2 sum(p g) + s) / (sum(p) + sum(g) + s)`` per class over the batch, averaged over classes.
+    Scores overlap directly, so small classes count as much as large ones.
+
+    Args:
+        smooth: the ``s`` above; keeps the ratio defined for classes absent from batch and prediction.
+        present_only: average only over classes that occur in the target (absent classes otherwise score 1).
+    """
+
+    def __init__(self, ignore_index: int = 255, smooth: float = 1.0, present_only: bool = False) -> None:
+        super().__init__()
+        self.ignore_index, self.smooth, self.present_only = ignore_index, smooth, present_only
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        flat, labels = _valid_pixels(logits, target, self.ignore_index)
+        if labels.numel() == 0:
+            return logits.sum() * 0.0
+        _check_targets(labels, flat.shape[1], "dice")
+        probs = F.softmax(flat.float(), dim=1)
+        one_hot = F.one_hot(labels, flat.shape[1]).to(probs.dtype)
+        intersection = (probs * one_hot).sum(0)
+        cardinality = probs.sum(0) + one_hot.sum(0)
+        dice = (2.0 * intersection + self.smooth) / (cardinality + self.smooth)
+        if self.present_only:
+            dice = dice[one_hot.sum(0) > 0]
+        return 1.0 - dice.mean()
+
+
+class LovaszSoftmaxLoss(nn.Module):
+    """Lovasz-softmax (Berman et al., 2018): a convex surrogate of the per-class Jaccard loss, so training
+    optimises (a bound on) mIoU directly. Computed over all valid pixels of the batch.
+
+    Args:
+        classes: ``present`` averages over classes present in the target, ``all`` over every class.
+    """
+
+    def __init__(self, ignore_index: int = 255, classes: str = "present") -> None:
+        super().__init__()
+        if classes not in ("present", "all"):
+            raise SegkitError(f"loss.classes={classes!r}; choose 'present' or 'all'")
+        self.ignore_index, self.classes = ignore_index, classes
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        flat, labels = _valid_pixels(logits, target, self.ignore_index)
+        if labels.numel() == 0:
+            return logits.sum() * 0.0
+        _check_targets(labels, flat.shape[1], "lovasz")
+        probs = F.softmax(flat.float(), dim=1)
+        losses = []
+        for c in range(probs.shape[1]):
+            fg = (labels == c).to(probs.dtype)
+            if self.classes == "present" and fg.sum() == 0:
+                continue
+            errors = (fg - probs[:, c]).abs()
+            errors_sorted, order = torch.sort(errors, descending=True)
+            losses.append(torch.dot(errors_sorted, lovasz_grad(fg[order])))
+        return torch.stack(losses).mean() if losses else logits.sum() * 0.0
+
+
+def lovasz_grad(gt_sorted: torch.Tensor) -> torch.Tensor:
+    """Gradient of the Lovasz extension of the Jaccard loss w.r.t. errors sorted in decreasing order."""
+    gts = gt_sorted.sum()
+    intersection = gts - gt_sorted.cumsum(0)
+    union = gts + (1.0 - gt_sorted).cumsum(0)
+    jaccard = 1.0 - intersection / union
+    jaccard[1:] = jaccard[1:] - jaccard[:-1].clone()
+    return jaccard
+
+
+class OhemCrossEntropyLoss(nn.Module):
+    """Online hard example mining cross-entropy: average only over pixels whose true-class probability is
+    below ``thresh``, but over at least the ``min_kept`` hardest ones, so easy road/sky pixels stop dominating.
+
+    Args:
+        thresh: keep pixels with ``p_true < thresh``.
+        min_kept: if fewer are below it, raise the threshold to the ``min_kept``-th smallest probability
+            (all valid pixels when the batch has fewer).
+    """
+
+    def __init__(
+        self,
+        ignore_index: int = 255,
+        thresh: float = 0.7,
+        min_kept: int = 100_000,
+        class_weights: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.ignore_index, self.thresh, self.min_kept = ignore_index, thresh, int(min_kept)
+        weight = torch.as_tensor(list(class_weights), dtype=torch.float32) if class_weights is not None else None
+        self.register_buffer("weight", weight, persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        flat, labels = _valid_pixels(logits, target, self.ignore_index)
+        if labels.numel() == 0:
+            return logits.sum() * 0.0
+        _check_targets(labels, flat.shape[1], "ohem")
+        pixel_loss = F.cross_entropy(flat, labels, weight=self.weight, reduction="none")
+        with torch.no_grad():
+            prob = F.softmax(flat.float(), dim=1).gather(1, labels[:, None]).squeeze(1)
+            threshold = torch.tensor(self.thresh, dtype=prob.dtype, device=prob.device)
+            if self.min_kept > 0:
+                threshold = torch.maximum(threshold, prob.kthvalue(min(self.min_kept, prob.numel())).values)
+            keep = prob <= threshold if self.min_kept > 0 else prob < threshold
+        if not keep.any():
+            return logits.sum() * 0.0
+        return pixel_loss[keep].mean()
+
+
+class WeightedSumLoss(nn.Module):
+    """``sum_i w_i * loss_i``: e.g. cross-entropy + Dice. ``losses`` are either built losses or factories
+    (Hydra ``_partial_``) that get ``ignore_index`` here, so one ``ignore_index`` reaches every term.
+
+    Args:
+        losses: name -> loss (a dict, so ``loss.weights.dice=0.5`` overrides one term) or a list.
+        weights: name -> weight (dict) or a list in the order of ``losses``; missing weights are 1.
+    """
+
+    def __init__(
+        self,
+        losses: Mapping[str, nn.Module | Callable[..., nn.Module]] | Sequence[nn.Module | Callable[..., nn.Module]],
+        weights: Mapping[str, float] | Sequence[float] | None = None,
+        ignore_index: int = 255,
+    ) -> None:
+        super().__init__()
+        named = dict(losses.items()) if isinstance(losses, Mapping) else {str(i): v for i, v in enumerate(losses)}
+        if not named:
+            raise SegkitError("loss.losses is empty; list at least one loss")
+        if weights is None:
+            weights = {}
+        elif not isinstance(weights, Mapping):
+            weights = list(weights)
+            if len(weights) != len(named):
+                raise SegkitError(f"loss.weights has {len(weights)} entries for {len(named)} losses")
+            weights = dict(zip(named, weights))
+        unknown = set(weights) - set(named)
+        if unknown:
+            raise SegkitError(f"loss.weights names {sorted(unknown)}, which are not in loss.losses {sorted(named)}")
+        self.losses = nn.ModuleDict(
+            {name: term if isinstance(term, nn.Module) else term(ignore_index=ignore_index) for name, term in named.items()}
+        )
+        self.weights = {name: float(weights.get(name, 1.0)) for name in named}
+        self.ignore_index = ignore_index
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return sum(self.weights[name] * loss(logits, target) for name, loss in self.losses.items())

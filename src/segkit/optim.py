@@ -1,25 +1,184 @@
-"""Learning-rate schedules stepped once per optimisation step."""
+"""Optimisers with parameter groups, and learning-rate schedules.
+
+Schedules are factories ``schedule(optimizer, total_steps=...)`` (Hydra ``_partial_``); the module steps them once
+per optimisation step, except those returning a Lightning scheduler dict (``plateau_lr``, stepped per epoch).
+"""
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Iterable, Sequence
+from typing import Any
 
+import torch
+from hydra.utils import get_class
+from torch import nn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LinearLR, LRScheduler, PolynomialLR, SequentialLR
+from torch.optim.lr_scheduler import (
+    LambdaLR, LinearLR, LRScheduler, MultiStepLR, PolynomialLR, ReduceLROnPlateau, SequentialLR,
+)
 
 from segkit import SegkitError
+
+log = logging.getLogger("segkit")
+
+BACKBONE_ATTRIBUTES = ("backbone", "encoder")
+NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+def make_optimizer(
+    params: nn.Module | Iterable[torch.nn.Parameter],
+    name: str = "torch.optim.Adam",
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    head_lr_mult: float = 1.0,
+    no_decay_norm_bias: bool = True,
+    **kwargs: Any,
+) -> Optimizer:
+    """Build ``name`` (a torch optimiser class path) over parameter groups of ``params``.
+
+    A pretrained backbone is usually tuned gently while the freshly initialised head learns fast, and weight decay
+    on norm scales and biases only fights normalisation; both are switches here rather than per-model code.
+
+    Args:
+        params: the net (groups by module) or plain parameters (one group, 1-D tensors taken as norms/biases).
+        head_lr_mult: the lr multiplier of everything outside the backbone (``net.backbone`` / ``net.encoder``, or
+            the attributes named in ``net.backbone_names``). Nets without one train as one group at ``lr``.
+        no_decay_norm_bias: put norm-layer parameters and biases in groups with weight decay 0.
+        kwargs: the optimiser's own arguments (momentum, nesterov, betas ...).
+    """
+    optimizer_class = get_class(name)
+    groups = param_groups(params, lr, weight_decay, head_lr_mult, no_decay_norm_bias)
+    return optimizer_class(groups, lr=lr, weight_decay=weight_decay, **kwargs)
+
+
+make_optimizer.takes_module = True  # the module passes the net, not its parameters
+
+
+def param_groups(
+    params: nn.Module | Iterable[torch.nn.Parameter],
+    lr: float,
+    weight_decay: float = 0.0,
+    head_lr_mult: float = 1.0,
+    no_decay_norm_bias: bool = True,
+) -> list[dict[str, Any]]:
+    """Groups named ``backbone``, ``backbone_no_decay``, ``head``, ``head_no_decay`` (empty ones dropped);
+    the names show up in the learning-rate monitor."""
+    if isinstance(params, nn.Module):
+        net = params
+        backbone = backbone_parameter_ids(net)
+        if not backbone and head_lr_mult != 1.0:
+            log.warning(f"{type(net).__name__} exposes no backbone/encoder; head_lr_mult={head_lr_mult} is not applied")
+        no_decay = _norm_and_bias_ids(net)
+        named = [p for p in net.parameters() if p.requires_grad]
+    else:
+        named = [p for p in params if p.requires_grad]
+        backbone = set()
+        no_decay = {id(p) for p in named if p.ndim <= 1}
+    groups: dict[str, dict[str, Any]] = {}
+    for p in named:
+        part = "backbone" if id(p) in backbone else "head"
+        decays = not (no_decay_norm_bias and id(p) in no_decay)
+        name = part if decays else f"{part}_no_decay"
+        group = groups.setdefault(name, {
+            "name": name, "params": [], "lr": lr * (head_lr_mult if part == "head" and backbone else 1.0),
+            "weight_decay": weight_decay if decays else 0.0,
+        })
+        group["params"].append(p)
+    order = ["backbone", "backbone_no_decay", "head", "head_no_decay"]
+    return [groups[n] for n in order if n in groups]
+
+
+def backbone_parameter_ids(net: nn.Module) -> set[int]:
+    names = getattr(net, "backbone_names", None) or [a for a in BACKBONE_ATTRIBUTES if hasattr(net, a)]
+    ids: set[int] = set()
+    for attr in names:
+        module = getattr(net, attr, None)
+        if not isinstance(module, nn.Module):
+            raise SegkitError(f"{type(net).__name__}.backbone_names lists '{attr}', which is not a submodule")
+        ids |= {id(p) for p in module.parameters()}
+    return ids
+
+
+def _norm_and_bias_ids(net: nn.Module) -> set[int]:
+    ids: set[int] = set()
+    for module in net.modules():
+        for pname, p in module.named_parameters(recurse=False):
+            if isinstance(module, NORM_TYPES) or pname == "bias" or p.ndim <= 1:
+                ids.add(id(p))
+    return ids
+
+
+def _finite_steps(total_steps: float, schedule: str) -> int:
+    if not math.isfinite(total_steps) or total_steps <= 0:
+        raise SegkitError(f"the {schedule} schedule needs a finite run: set trainer.max_epochs or trainer.max_steps")
+    return int(total_steps)
+
+
+def _with_warmup(optimizer: Optimizer, decay: LRScheduler, warmup_steps: int, warmup_factor: float) -> LRScheduler:
+    if warmup_steps <= 0:
+        return decay
+    warmup = LinearLR(optimizer, start_factor=warmup_factor, end_factor=1.0, total_iters=warmup_steps)
+    return SequentialLR(optimizer, [warmup, decay], milestones=[warmup_steps])
 
 
 def poly_lr(
     optimizer: Optimizer, total_steps: int, power: float = 0.9, warmup_steps: int = 0, warmup_factor: float = 1e-3
 ) -> LRScheduler:
     """``lr * (1 - step / total) ** power`` after an optional linear warm-up from ``lr * warmup_factor``."""
-    if not math.isfinite(total_steps) or total_steps <= 0:
-        raise SegkitError("the poly schedule needs a finite run: set trainer.max_epochs or trainer.max_steps")
-    total_steps = int(total_steps)
+    total_steps = _finite_steps(total_steps, "poly")
     warmup_steps = min(int(warmup_steps), total_steps - 1)
     decay = PolynomialLR(optimizer, total_iters=total_steps - warmup_steps, power=power)
-    if warmup_steps <= 0:
-        return decay
-    warmup = LinearLR(optimizer, start_factor=warmup_factor, end_factor=1.0, total_iters=warmup_steps)
-    return SequentialLR(optimizer, [warmup, decay], milestones=[warmup_steps])
+    return _with_warmup(optimizer, decay, warmup_steps, warmup_factor)
+
+
+def cosine_lr(
+    optimizer: Optimizer,
+    total_steps: int,
+    warmup_steps: int = 0,
+    warmup_factor: float = 1e-3,
+    min_lr_ratio: float = 0.0,
+) -> LRScheduler:
+    """Half a cosine from each group's ``lr`` down to ``lr * min_lr_ratio`` over the run, after an optional linear
+    warm-up (a ratio rather than torch's absolute ``eta_min``, so groups with a head multiplier keep their ratio)."""
+    total_steps = _finite_steps(total_steps, "cosine")
+    warmup_steps = min(int(warmup_steps), total_steps - 1)
+    steps = total_steps - warmup_steps
+
+    def factor(step: int) -> float:
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
+
+    return _with_warmup(optimizer, LambdaLR(optimizer, factor), warmup_steps, warmup_factor)
+
+
+def step_lr(
+    optimizer: Optimizer,
+    total_steps: int,
+    milestones: Sequence[float] = (0.6, 0.9),
+    gamma: float = 0.1,
+    warmup_steps: int = 0,
+    warmup_factor: float = 1e-3,
+) -> LRScheduler:
+    """Multiply the lr by ``gamma`` at each milestone, given as fractions of the run (0.6 = 60% of the steps), so
+    the same config fits any run length."""
+    total_steps = _finite_steps(total_steps, "step")
+    if any(not 0 < m < 1 for m in milestones):
+        raise SegkitError(f"scheduler.milestones={list(milestones)} must be fractions of the run between 0 and 1")
+    warmup_steps = min(int(warmup_steps), total_steps - 1)
+    points = sorted({max(1, round(m * total_steps) - warmup_steps) for m in milestones})
+    return _with_warmup(optimizer, MultiStepLR(optimizer, points, gamma=gamma), warmup_steps, warmup_factor)
+
+
+def plateau_lr(
+    optimizer: Optimizer,
+    total_steps: int | None = None,
+    monitor: str = "val/mIoU",
+    mode: str = "max",
+    factor: float = 0.1,
+    patience: int = 5,
+    min_lr: float = 0.0,
+) -> dict[str, Any]:
+    """Cut the lr by ``factor`` when ``monitor`` stops improving for ``patience`` validations (stepped per epoch)."""
+    scheduler = ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience, min_lr=min_lr)
+    return {"scheduler": scheduler, "interval": "epoch", "monitor": monitor, "strict": False}

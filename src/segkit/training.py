@@ -38,7 +38,12 @@ def build_module(cfg: DictConfig, datamodule: SegmentationDataModule) -> Segment
     """The net gets ``num_classes`` and ``in_channels`` from the data; the rest comes from its groups."""
     model_cfg = OmegaConf.masked_copy(cfg.model, [k for k in cfg.model if k != "aux_weights"])
     net = hydra.utils.instantiate(model_cfg, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels)
-    loss = hydra.utils.instantiate(cfg.loss, ignore_index=datamodule.ignore_index)
+    loss_args: dict[str, Any] = {"ignore_index": datamodule.ignore_index}
+    if isinstance(cfg.loss.get("class_weights"), str):  # enet | median_freq: counted over the train split
+        from segkit.data.class_weights import class_weights
+
+        loss_args["class_weights"] = class_weights(datamodule, cfg.loss.class_weights)
+    loss = hydra.utils.instantiate(cfg.loss, **loss_args)
     scheduler = hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     return SegmentationModule(
         net=net,
@@ -50,13 +55,41 @@ def build_module(cfg: DictConfig, datamodule: SegmentationDataModule) -> Segment
         class_names=datamodule.class_names,
         aux_weights=cfg.model.get("aux_weights"),
         config=OmegaConf.to_container(cfg, resolve=True),
+        channels_last=bool(cfg.get("channels_last", False)),
     )
 
 
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
     callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
     loggers = instantiate_group(cfg.get("logger"), "logger")
-    return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    sync_bn = resolve_sync_batchnorm(cfg.trainer)
+    return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, sync_batchnorm=sync_bn)
+
+
+def resolve_sync_batchnorm(trainer_cfg: DictConfig) -> bool:
+    """``trainer.sync_batchnorm: true`` becomes SyncBatchNorm only where it can work: DDP over more than one GPU.
+
+    One process has nothing to synchronise; on CPU torch refuses SyncBatchNorm ("SyncBatchNorm layers only work
+    with GPU modules"), so there each process keeps its own BatchNorm statistics and a warning says so.
+    """
+    if not trainer_cfg.get("sync_batchnorm"):
+        return False
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    devices = trainer_cfg.get("devices", 1)
+    if devices in (-1, "-1", "auto", None):
+        count = torch.cuda.device_count() if on_gpu else 1
+    elif isinstance(devices, (int, str)) and str(devices).isdigit():
+        count = int(devices)
+    else:  # a list of device ids, or "0,1"
+        count = len(devices) if not isinstance(devices, str) else len([d for d in devices.split(",") if d.strip()])
+    if count <= 1:
+        return False
+    if not on_gpu:
+        log.warning(f"trainer.sync_batchnorm: SyncBatchNorm needs GPU modules; the {count} CPU processes keep "
+                    "per-process BatchNorm statistics")
+        return False
+    return True
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -67,6 +100,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
     trainer = build_trainer(cfg)
+    if cfg.get("compile"):  # Lightning unwraps the compiled module for checkpoints; first steps pay the compile
+        module = torch.compile(module)
 
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path and not Path(ckpt_path).is_file():

@@ -22,10 +22,12 @@ class SegmentationModule(LightningModule):
         net: the network.
         loss: ``loss(logits, target) -> scalar``; applied to ``out`` and to each output named in ``aux_weights``.
         optimizer: ``optimizer(params) -> Optimizer`` (a Hydra ``_partial_``).
-        scheduler: ``scheduler(optimizer, total_steps=...) -> LRScheduler`` stepped per step, or None.
+        scheduler: ``scheduler(optimizer, total_steps=...) -> LRScheduler`` stepped per step (or a Lightning
+            scheduler dict with its own interval/monitor), or None.
         num_classes / ignore_index / class_names: from the data module.
         aux_weights: output name -> loss weight for auxiliary heads, e.g. ``{"aux": 0.4}``.
         config: the resolved run config, stored in checkpoints and shown to loggers.
+        channels_last: keep the net and the input batches in NHWC memory format.
     """
 
     def __init__(
@@ -39,6 +41,7 @@ class SegmentationModule(LightningModule):
         class_names: Sequence[str] | None = None,
         aux_weights: Mapping[str, float] | None = None,
         config: Mapping | None = None,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(dict(config or {}))
@@ -47,6 +50,10 @@ class SegmentationModule(LightningModule):
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.class_names = tuple(class_names) if class_names else tuple(str(i) for i in range(num_classes))
         self.aux_weights = dict(aux_weights or {})
+        self.channels_last = channels_last
+        if channels_last:  # NHWC: faster convolutions on tensor cores and with bf16/fp16 autocast
+            self.net = self.net.to(memory_format=torch.channels_last)
+            self.net.register_forward_pre_hook(_channels_last_input)
         self.val_metrics = SegmentationMetrics(num_classes, ignore_index, self.class_names)
         self.test_metrics = SegmentationMetrics(num_classes, ignore_index, self.class_names)
 
@@ -105,11 +112,17 @@ class SegmentationModule(LightningModule):
         self._log_metrics(self.test_metrics, "test")
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(p for p in self.net.parameters() if p.requires_grad)
+        """Factories marked ``takes_module`` (``segkit.optim.make_optimizer``) get the net to build parameter
+        groups; plain torch partials get its trainable parameters. A schedule returning a dict (plateau) sets its
+        own interval and monitor; others step every optimisation step."""
+        takes_module = getattr(getattr(self.optimizer_factory, "func", self.optimizer_factory), "takes_module", False)
+        params = self.net if takes_module else (p for p in self.net.parameters() if p.requires_grad)
+        optimizer = self.optimizer_factory(params)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        config = dict(scheduler) if isinstance(scheduler, Mapping) else {"scheduler": scheduler, "interval": "step"}
+        return {"optimizer": optimizer, "lr_scheduler": config}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep the RNG states so a resumed run continues exactly (dropout, augmentation outside the sampler)."""
@@ -127,6 +140,13 @@ class SegmentationModule(LightningModule):
             torch.set_rng_state(states["torch"])
             np.random.set_state(_plain_to_numpy_state(states["numpy"]))
             random.setstate(states["python"])
+
+
+def _channels_last_input(net: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: the images enter the net in NHWC like its weights (a function, so DDP spawn can pickle it)."""
+    if args and isinstance(args[0], torch.Tensor) and args[0].ndim == 4:
+        return (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
+    return args
 
 
 def _numpy_state_to_plain(state: tuple) -> tuple:

@@ -12,10 +12,13 @@ Parameters (measured): levels 1-8 hold 20,613,584; adding the ImageNet classifie
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segkit import SegkitError
 from segkit.models.nets.common import bilinear_upsampler, crop_to, pad_to_multiple
 
 CHANNELS = (16, 32, 64, 128, 256, 512, 512, 512)
@@ -55,11 +58,13 @@ def level(cin: int, cout: int, blocks: int, stride: int = 1, dilation: int = 1, 
 
 class DRNC26Backbone(nn.Module):
     """Levels 1-8 of DRN-C-26: 7x7 stem, strides 2/2/2 at levels 2-4 (output stride 8), dilation 2 and 4 at
-    levels 5-6, degridding levels 7-8 (dilation 2, 1) without residuals. ``out_channels`` = 512."""
+    levels 5-6, degridding levels 7-8 (dilation 2, 1) without residuals. ``channels``: the eight level widths."""
 
-    def __init__(self, in_channels: int = 3) -> None:
+    def __init__(self, in_channels: int = 3, channels: Sequence[int] = CHANNELS) -> None:
         super().__init__()
-        c = CHANNELS
+        if len(channels) != len(CHANNELS):
+            raise SegkitError(f"model.channels={list(channels)}: give {len(CHANNELS)} widths, one per DRN level")
+        c = list(channels)
         self.stem = nn.Sequential(nn.Conv2d(in_channels, c[0], 7, padding=3, bias=False), nn.BatchNorm2d(c[0]),
                                   nn.ReLU(inplace=True))
         self.levels = nn.Sequential(
@@ -82,12 +87,14 @@ class DRNC26(nn.Module):
     """DRN-C-26 with a 1x1 segmentation head at stride 8, upsampled x8 to the input size.
 
     ``learned_upsampling``: a transposed conv initialised to bilinear interpolation and trained, instead of fixed
-    bilinear interpolation. Inputs of any size are padded to a multiple of 8 and the output cropped back.
+    bilinear interpolation. ``channels`` (default: the paper's 16-32-64-128-256-512-512-512) allows narrower nets.
+    Inputs of any size are padded to a multiple of 8 and the output cropped back.
     """
 
-    def __init__(self, num_classes: int, in_channels: int = 3, learned_upsampling: bool = False) -> None:
+    def __init__(self, num_classes: int, in_channels: int = 3, learned_upsampling: bool = False,
+                 channels: Sequence[int] = CHANNELS) -> None:
         super().__init__()
-        self.backbone = DRNC26Backbone(in_channels)
+        self.backbone = DRNC26Backbone(in_channels, channels)
         self.head = nn.Conv2d(self.backbone.out_channels, num_classes, 1)
         self.upsample = bilinear_upsampler(num_classes, 8) if learned_upsampling else None
 

@@ -1,0 +1,23 @@
+"""Segment images or videos: python src/predict.py ckpt=PATH input=demo/ output=DIR
+
+For each input writes <name>_mask.png (class colours) and <name>_overlay.png (alpha blend with a legend) at the
+input's size; videos give <name>_mask.mp4 and <name>_overlay.mp4. `--help` lists the options.
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from segkit.cli import run_task
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+def main(cfg: DictConfig) -> float | None:
+    from segkit.prediction import predict  # imported here so --help does not wait for torch
+
+    return run_task(predict, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""W&B dashboards: per-class IoU table, example predictions with masks, confusion-matrix figure; and a
+``WandbLogger`` whose group and tags come from the Hydra overrides so the runs of one sweep sit together."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pytorch_lightning import Callback, LightningModule, Trainer
+from pytorch_lightning.loggers import WandbLogger
+
+from segkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from segkit.metrics import scores_from_confusion
+
+MAX_TAG_LENGTH = 64  # W&B's limit
+UNTAGGED_OVERRIDES = ("paths.", "hydra.", "extras.", "callbacks.progress_bar", "trainer.enable_")
+
+
+def wandb_logger(group: str | None = None, tags: Sequence[str] | None = None, name: str | None = None,
+                 **kwargs: Any) -> WandbLogger:
+    """``WandbLogger`` with ``group``/``tags``/``name`` filled from the Hydra run when not given: in a multirun,
+    the group is the sweep (its directory name) and the name the job's overrides; tags are the overrides."""
+    labels = hydra_run_labels()
+    tags = list(tags or []) + [t for t in labels.get("tags", []) if t not in (tags or [])]
+    return WandbLogger(group=group or labels.get("group"), tags=tags or None, name=name or labels.get("name"),
+                       **kwargs)
+
+
+def hydra_run_labels() -> dict[str, Any]:
+    """``{group, name, tags}`` of the current Hydra job; empty outside one (tests, notebooks)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return {}
+    hc = HydraConfig.get()
+    tags = overrides_to_tags(hc.overrides.task)
+    if hc.mode == RunMode.MULTIRUN:
+        sweep = f"{hc.job.name}-{Path(hc.sweep.dir).name}"
+        return {"group": sweep, "name": hc.job.override_dirname or f"job{hc.job.num}", "tags": tags}
+    return {"group": hc.job.name, "tags": tags}
+
+
+def overrides_to_tags(overrides: Sequence[str]) -> list[str]:
+    """``["optimizer=sgd", "optimizer.lr=0.01"]`` -> the same as W&B tags, skipping path/plumbing overrides."""
+    tags = [o.lstrip("+~") for o in overrides if not o.lstrip("+~").startswith(UNTAGGED_OVERRIDES)]
+    return [t[:MAX_TAG_LENGTH] for t in tags]
+
+
+class WandbDashboard(Callback):
+    """Logs each validation, when the run has a ``WandbLogger`` (otherwise it does nothing):
+
+    - ``val/iou_table``: class | IoU | accuracy;
+    - ``val/confusion_matrix``: the row-normalised confusion matrix as a figure;
+    - ``val/examples``: the first ``num_images`` val images with ground-truth and prediction W&B masks
+      (toggle them in the UI, hover for class names) and ``val/panels``: image | ground truth | prediction.
+
+    The images are the same every epoch (the first of the unshuffled val loader on rank 0), so their predictions
+    can be compared over training.
+    """
+
+    def __init__(self, num_images: int = 8, iou_table: bool = True, confusion_matrix: bool = True,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+        self.num_images, self.iou_table, self.confusion_matrix = num_images, iou_table, confusion_matrix
+        self.mean, self.std = np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
+        self._examples: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    @staticmethod
+    def _logger(trainer: Trainer) -> WandbLogger | None:
+        return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+
+    def _active(self, trainer: Trainer) -> bool:
+        return self._logger(trainer) is not None and not trainer.sanity_checking
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._examples = []
+
+    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        missing = self.num_images - len(self._examples)
+        if missing <= 0 or not trainer.is_global_zero or not self._active(trainer):
+            return
+        images, masks = batch[0][:missing], batch[1][:missing]
+        with torch.no_grad():
+            preds = pl_module(images).argmax(1)
+        for image, mask, pred in zip(images, masks, preds):
+            self._examples.append((self._to_uint8(image), mask.cpu().numpy(), pred.cpu().numpy()))
+
+    def _to_uint8(self, image: torch.Tensor) -> np.ndarray:
+        """Undo the normalisation of a C x H x W tensor; RGB(-D) -> H x W x 3 uint8 (extra channels dropped)."""
+        array = image.detach().float().cpu().numpy()[:3].transpose(1, 2, 0)
+        channels = array.shape[2]
+        array = array * self.std[:channels] + self.mean[:channels]
+        if channels == 1:
+            array = np.repeat(array, 3, axis=2)
+        return np.clip(array * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self._active(trainer):
+            return
+        metrics = pl_module.val_metrics
+        with metrics.sync_context():  # every rank takes part in the all-reduce; rank 0 logs
+            confusion = metrics.confmat.detach().clone().cpu()
+        if not trainer.is_global_zero:
+            return
+        import wandb
+
+        names = list(pl_module.class_names)
+        payload: dict[str, Any] = {}
+        if self.iou_table:
+            scores = scores_from_confusion(confusion)
+            rows = [[name, _finite(iou), _finite(acc)] for name, iou, acc in
+                    zip(names, scores["IoU"].tolist(), scores["Acc"].tolist())]
+            payload["val/iou_table"] = wandb.Table(columns=["class", "IoU", "accuracy"], data=rows)
+        if self.confusion_matrix:
+            import matplotlib.pyplot as plt
+
+            from segkit.visualize import confusion_figure
+
+            fig = confusion_figure(confusion.numpy(), names, normalize=True)
+            payload["val/confusion_matrix"] = wandb.Image(fig)
+            plt.close(fig)
+        if self._examples:
+            payload.update(self._example_media(trainer, pl_module, names))
+        payload["trainer/global_step"] = trainer.global_step
+        self._logger(trainer).experiment.log(payload)
+
+    def _example_media(self, trainer: Trainer, pl_module: LightningModule, names: list[str]) -> dict[str, Any]:
+        import wandb
+
+        ignore = pl_module.ignore_index
+        labels = {i: n for i, n in enumerate(names)} | {ignore: "ignore"}
+        examples, panels = [], []
+        colors = _class_colors(trainer, len(names))
+        for i, (image, mask, pred) in enumerate(self._examples):
+            examples.append(wandb.Image(image, caption=f"val #{i}", masks={
+                "ground_truth": {"mask_data": mask.astype(np.int64), "class_labels": labels},
+                "prediction": {"mask_data": pred.astype(np.int64), "class_labels": labels},
+            }))
+            if colors is not None:
+                from segkit.visualize import colorize
+
+                panel = np.concatenate([image, colorize(mask, colors), colorize(pred, colors)], axis=1)
+                panels.append(wandb.Image(panel, caption=f"val #{i}: image | ground truth | prediction"))
+        media: dict[str, Any] = {"val/examples": examples}
+        if panels:
+            media["val/panels"] = panels
+        return media
+
+
+def _finite(value: float) -> float | None:
+    return None if value != value else value
+
+
+def _class_colors(trainer: Trainer, num_classes: int) -> list | None:
+    labels = getattr(getattr(trainer, "datamodule", None), "labels", None)
+    colors = getattr(labels, "colors", None)
+    return list(colors) if colors is not None and len(colors) == num_classes else None

@@ -1,0 +1,193 @@
+"""Rebuild a trained net from a segkit checkpoint (or a run directory) without Lightning or the training config.
+
+A checkpoint carries the resolved run config (``hyper_parameters``: ``model``, ``data``, ...) and the label
+facts (``segkit``: class names, number of classes, ignore index), so eval, predict and export need nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from segkit import SegkitError
+from segkit.data.labels import LabelTable
+
+log = logging.getLogger("segkit")
+
+
+@dataclass
+class LoadedModel:
+    """A net in eval mode plus what is needed to use it: its run config and its classes."""
+
+    net: nn.Module
+    config: dict[str, Any]
+    class_names: tuple[str, ...]
+    colors: tuple[tuple[int, int, int], ...]
+    ignore_index: int
+    path: Path | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def find_checkpoint(run_dir: Path) -> Path:
+    """The best checkpoint of a run directory (``checkpoints/epoch_*.ckpt``, newest first), else ``last.ckpt``."""
+    folder = run_dir / "checkpoints"
+    candidates = sorted((p for p in folder.glob("*.ckpt") if p.name != "last.ckpt" and not p.name.startswith("last-")),
+                        key=lambda p: p.stat().st_mtime, reverse=True)
+    if not candidates and (folder / "last.ckpt").is_file():
+        candidates = [folder / "last.ckpt"]
+    if not candidates:
+        raise SegkitError(f"run directory '{run_dir}' has no checkpoints/*.ckpt; pass ckpt=<file.ckpt> instead")
+    return candidates[0]
+
+
+def resolve_source(ckpt: str | Path | None, run_dir: str | Path | None = None) -> tuple[Path, DictConfig | None]:
+    """``ckpt`` (a file, or a run directory) or ``run_dir`` -> the checkpoint file and the run's saved
+    ``.hydra/config.yaml`` (None when there is none)."""
+    if not ckpt and not run_dir:
+        raise SegkitError("no model given: pass ckpt=path/to/file.ckpt or run_dir=logs/train/runs/<run>")
+    path = Path(str(run_dir or ckpt)).expanduser()
+    if path.is_dir():
+        saved = path / ".hydra" / "config.yaml"
+        config = OmegaConf.load(saved) if saved.is_file() else None
+        if run_dir and ckpt:
+            ckpt_path = Path(str(ckpt)).expanduser()
+            if not ckpt_path.is_absolute() and not ckpt_path.is_file():
+                ckpt_path = path / "checkpoints" / ckpt_path
+        else:
+            ckpt_path = find_checkpoint(path)
+        if not ckpt_path.is_file():
+            raise SegkitError(f"ckpt='{ckpt_path}' does not exist")
+        return ckpt_path, config  # type: ignore[return-value]
+    if not path.is_file():
+        what = "run_dir" if run_dir else "ckpt"
+        raise SegkitError(f"{what}='{path}' does not exist; point it at a .ckpt file or a run directory "
+                          "(logs/train/runs/<run>)")
+    return path, None
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """``torch.load`` on CPU; tensors-and-plain-types first, full unpickling only for checkpoints that need it."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # Lightning may store non-plain objects (e.g. AttributeDict); the file is the user's own
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:
+            raise SegkitError(f"cannot read checkpoint '{path}': {type(err).__name__}: {err}") from err
+
+
+def build_net(model_cfg: Mapping, num_classes: int, in_channels: int = 3, for_weights: bool = False) -> nn.Module:
+    """Instantiate a ``conf/model`` config; ``for_weights`` skips downloading pretrained backbones whose
+    weights a checkpoint is about to replace."""
+    cfg = dict(OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig) else model_cfg)
+    cfg.pop("aux_weights", None)
+    target = cfg.get("_target_")
+    if not target:
+        raise SegkitError("the model config has no _target_; it must name a network class, e.g. "
+                          "segkit.models.nets.unet.UNet")
+    try:
+        hydra.utils.get_object(target)
+    except Exception as err:
+        raise SegkitError(f"unknown architecture '{target}': no such class in this segkit version "
+                          f"({type(err).__name__}); update segkit or pick a model from conf/model") from err
+    if for_weights:
+        cfg.update({k: None if k == "weights_path" else False for k in ("pretrained", "weights_path") if k in cfg})
+    try:
+        return hydra.utils.instantiate(cfg, num_classes=num_classes, in_channels=in_channels)
+    except Exception as err:
+        cause = err.__cause__ or err
+        raise SegkitError(f"cannot build model '{target}': {type(cause).__name__}: {cause}") from err
+
+
+def _labels(config: Mapping, info: Mapping) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
+    names = tuple(info.get("class_names") or ())
+    table_cfg = (config.get("data") or {}).get("labels")
+    table = None
+    if table_cfg:
+        try:
+            table = LabelTable.from_config(table_cfg)
+        except SegkitError:
+            table = None
+    if table is not None and (not names or tuple(table.names) == names):
+        return table.names, table.colors
+    if not names and info.get("num_classes"):
+        names = tuple(str(i) for i in range(int(info["num_classes"])))
+    palette = LabelTable.from_config({"classes": [{"name": n} for n in names]}).colors if names else ()
+    return names, palette
+
+
+def load_model(ckpt: str | Path | None = None, run_dir: str | Path | None = None,
+               map_location: str | torch.device = "cpu") -> LoadedModel:
+    """The net of a checkpoint (its ``net.*`` weights), built from the model config stored with it.
+
+    Errors name the file and say what to do: missing file, not a segkit checkpoint, an architecture this
+    version does not know, weights that do not fit (e.g. a different number of classes).
+    """
+    path, saved_config = resolve_source(ckpt, run_dir)
+    checkpoint = read_checkpoint(path)
+    hparams = checkpoint.get("hyper_parameters") or {}
+    if saved_config is not None:
+        try:
+            resolved = OmegaConf.to_container(saved_config, resolve=True)
+        except Exception:
+            resolved = None
+        config = dict(resolved) if isinstance(resolved, dict) else dict(hparams)
+    else:
+        config = dict(hparams)
+    if "state_dict" not in checkpoint or not config.get("model"):
+        raise SegkitError(f"'{path}' is not a segkit checkpoint (no state_dict or no model config in "
+                          "hyper_parameters); use a .ckpt written by src/train.py")
+    info = checkpoint.get("segkit") or {}
+    state = {k[len("net."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+    num_classes = int(info.get("num_classes") or _classifier_width(state))
+    in_channels = int((config.get("data") or {}).get("in_channels", 3))
+    net = build_net(config["model"], num_classes, in_channels, for_weights=True)
+    check_weights_fit(net, state, path, num_classes)
+    net.load_state_dict(state)
+    names, colors = _labels(config, info)
+    if len(names) != num_classes:
+        raise SegkitError(f"checkpoint '{path}' lists {len(names)} class names for {num_classes} classes")
+    return LoadedModel(net=net.eval().to(map_location), config=config, class_names=names, colors=colors,
+                       ignore_index=int(info.get("ignore_index", 255)), path=path)
+
+
+def _classifier_width(state: Mapping[str, torch.Tensor]) -> int:
+    """Fallback for checkpoints without ``segkit`` facts: the output channels of the last conv weight."""
+    convs = [v for k, v in state.items() if k.endswith("weight") and v.ndim == 4]
+    if not convs:
+        raise SegkitError("cannot tell the number of classes of this checkpoint")
+    return int(convs[-1].shape[0])
+
+
+def check_weights_fit(net: nn.Module, state: Mapping[str, torch.Tensor], path: Path, num_classes: int) -> None:
+    """A clear message instead of ``load_state_dict``'s wall of keys when the checkpoint is for another net."""
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items()
+             if k in state and state[k].shape != v.shape]
+    if not (missing or unexpected or wrong):
+        return
+    parts = []
+    if wrong:
+        k, got, want = wrong[0]
+        parts.append(f"{len(wrong)} weight(s) have other shapes (first: {k} is {got} in the file, {want} in the "
+                     f"net for {num_classes} classes)")
+    if missing:
+        parts.append(f"{len(missing)} weight(s) missing (first: {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected weight(s) (first: {unexpected[0]})")
+    raise SegkitError(f"checkpoint '{path}' does not fit its model config: " + "; ".join(parts)
+                      + ". Was it written by another version of this architecture?")

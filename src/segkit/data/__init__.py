@@ -1,0 +1,1 @@
+"""Datasets, label tables, transforms and the one SegmentationDataModule."""

@@ -1,0 +1,171 @@
+"""The one LightningDataModule: a dataset family + a label table + albumentations pipelines."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import torch
+from pytorch_lightning import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from segkit import SegkitError
+from segkit.data.labels import LabelTable, load_table
+from segkit.data.samplers import SeededSampler, UnpaddedDistributedSampler
+from segkit.data.transforms import eval_transforms, train_transforms
+
+
+class TransformedDataset(Dataset):
+    """Applies an albumentations pipeline to ``(image, mask)`` and returns ``(float CxHxW, int64 HxW)``.
+
+    Accepts an index or an ``(index, seed)`` pair from ``SeededSampler``; the seed fixes the augmentation.
+    """
+
+    def __init__(self, dataset: Dataset, transform: Callable | None) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        image, mask = self.dataset[index]
+        mask = mask.astype(np.uint8)  # train ids < 256: OpenCV resizes/warps uint8 masks, not int64
+        if self.transform is not None:
+            if seed is not None:
+                self.transform.set_random_seed(seed)
+            out = self.transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        if not isinstance(image, torch.Tensor):
+            image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
+        mask = torch.as_tensor(np.asarray(mask), dtype=torch.int64)
+        return image, mask
+
+
+class SegmentationDataModule(LightningDataModule):
+    """Builds the train/val/test splits of one dataset family, remapped through one label table.
+
+    Args:
+        dataset: a factory ``dataset(split=..., labels=LabelTable) -> Dataset`` (a Hydra ``_partial_``).
+        labels: the label table: its YAML mapping, a ``LabelTable``, a table YAML path or a shipped table's name.
+        splits: stage -> the dataset's split name, e.g. ``{train: train, val: val, test: test}``.
+        train_transform / val_transform: albumentations pipelines (defaults: ``train_transforms()`` /
+            ``eval_transforms()``).
+        unknown_ids: ``error`` or ``ignore`` for mask values the table does not know (overrides the table).
+        in_channels: the image channels the datasets return (3, or 4 for RGB-D); None: 4 with
+            ``use_depth`` else 3.
+        root: the dataset folder, passed to the factory (``data.root``); None for generated data.
+        reduce_zero_label: overrides the table's (ADE20K: id 0 ignored, or trained as "other").
+        use_depth: passed to the factory when set (SUN RGB-D's depth as a fourth channel).
+    """
+
+    def __init__(
+        self,
+        dataset: Callable[..., Dataset],
+        labels: Mapping | LabelTable | str,
+        splits: Mapping[str, str | None] | None = None,
+        train_transform: Callable | None = None,
+        val_transform: Callable | None = None,
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool | None = None,
+        seed: int = 0,
+        unknown_ids: str | None = None,
+        in_channels: int | None = 3,
+        name: str = "dataset",
+        root: str | None = None,
+        reduce_zero_label: bool | None = None,
+        use_depth: bool | None = None,
+    ) -> None:
+        super().__init__()
+        self.labels: LabelTable = load_table(labels, unknown=unknown_ids, reduce_zero_label=reduce_zero_label)
+        expected = 4 if use_depth else 3
+        if in_channels is None:
+            in_channels = expected
+        elif use_depth is not None and in_channels != expected:
+            raise SegkitError(f"data.in_channels={in_channels} but data.use_depth={use_depth} gives {expected} "
+                              f"channels; leave data.in_channels=null")
+        self.use_depth = use_depth
+        self.dataset_factory = dataset
+        self.splits = dict(splits or {"train": "train", "val": "val", "test": "test"})
+        self.train_transform = train_transform if train_transform is not None else train_transforms()
+        self.val_transform = val_transform if val_transform is not None else eval_transforms()
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.seed, self.in_channels, self.name, self.root = seed, in_channels, name, root
+        self._datasets: dict[str, Dataset] = {}
+
+    @property
+    def num_classes(self) -> int:
+        return self.labels.num_classes
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.labels.names
+
+    @property
+    def ignore_index(self) -> int:
+        return self.labels.ignore_index
+
+    def split_dataset(self, stage: str) -> Dataset:
+        """The transformed dataset of ``stage`` (train / val / test), built once."""
+        if stage not in self._datasets:
+            split = self.splits.get(stage)
+            if split is None:
+                raise SegkitError(f"data.splits has no split for stage '{stage}'; set data.splits.{stage}=<name>")
+            transform = self.train_transform if stage == "train" else self.val_transform
+            self._datasets[stage] = TransformedDataset(self.raw_dataset(stage), transform)
+        return self._datasets[stage]
+
+    def raw_dataset(self, stage: str) -> Dataset:
+        """The untransformed dataset of ``stage``: ``(image, train-id mask)`` as read (class statistics, tools)."""
+        if stage in self._datasets:
+            return self._datasets[stage].dataset  # type: ignore[attr-defined]
+        split = self.splits.get(stage)
+        if split is None:
+            raise SegkitError(f"data.splits has no split for stage '{stage}'; set data.splits.{stage}=<name>")
+        options: dict = {"root": self.root} if self.root is not None else {}
+        if self.use_depth is not None:
+            options["use_depth"] = self.use_depth
+        return self.dataset_factory(split=split, labels=self.labels, **options)
+
+    def setup(self, stage: str | None = None) -> None:
+        needed = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["test"]}
+        for split_stage in needed.get(stage or "fit", ["train", "val"]):
+            self.split_dataset(split_stage)
+
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 1, 0
+        return trainer.world_size, trainer.global_rank
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.split_dataset("train")
+        world, rank = self._world()
+        sampler = SeededSampler(dataset, seed=self.seed, num_replicas=world, rank=rank, shuffle=True, drop_last=True)
+        return self._loader(dataset, sampler, self.batch_size, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def _eval_loader(self, stage: str) -> DataLoader:
+        dataset = self.split_dataset(stage)
+        world, rank = self._world()
+        return self._loader(dataset, UnpaddedDistributedSampler(dataset, world, rank), self.val_batch_size)
+
+    def _loader(self, dataset: Dataset, sampler, batch_size: int, drop_last: bool = False) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            drop_last=drop_last,
+            persistent_workers=self.num_workers > 0,
+        )

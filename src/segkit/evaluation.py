@@ -1,0 +1,175 @@
+"""What ``src/eval.py`` runs: score a checkpoint on a split with an inference mode, write the report.
+
+The data comes from the checkpoint's own run config (or the run directory's ``.hydra/config.yaml``) unless a
+``data=`` group is chosen, so ``python src/eval.py ckpt=...`` scores exactly what training validated on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from segkit import SegkitError
+from segkit.checkpoint import LoadedModel, load_model
+from segkit.data.datamodule import SegmentationDataModule
+from segkit.inference import WholeImage, predict_probs
+from segkit.metrics import SegmentationMetrics, scores_from_confusion
+from segkit.visualize import colorize, save_confusion_png
+
+log = logging.getLogger("segkit")
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; an explicit CUDA request without a GPU is an error."""
+    name = str(device or "auto")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SegkitError(f"device={name} but no CUDA GPU is available; use device=cpu")
+    return torch.device(name)
+
+
+def eval_datamodule(cfg: DictConfig, model: LoadedModel) -> SegmentationDataModule:
+    """The data group chosen on the command line, else the one the model was trained with (``data_root``
+    re-points its folder)."""
+    chosen = cfg.get("data")
+    data_cfg = OmegaConf.create(OmegaConf.to_container(chosen, resolve=True) if chosen else model.config.get("data"))
+    if not data_cfg:
+        raise SegkitError("the checkpoint stores no data config; choose one, e.g. data=camvid data.root=...")
+    if cfg.get("data_root"):
+        data_cfg.root = str(cfg.data_root)
+    datamodule = hydra.utils.instantiate(data_cfg, _recursive_=True)
+    if datamodule.num_classes != model.num_classes:
+        raise SegkitError(
+            f"checkpoint '{model.path}' predicts {model.num_classes} classes but data '{datamodule.name}' has "
+            f"{datamodule.num_classes}; evaluate on the dataset it was trained on or pick a matching data= group")
+    return datamodule
+
+
+def sample_names(dataset: Any, count: int) -> list[str]:
+    """File stems of the split's images where the dataset lists files, else zero-padded indices."""
+    inner = getattr(dataset, "dataset", dataset)
+    pairs = getattr(inner, "pairs", None)
+    if pairs is not None and len(pairs) == count:
+        stems = [Path(p[0]).stem for p in pairs]
+        if len(set(stems)) == count:
+            return stems
+    return [f"{i:06d}" for i in range(count)]
+
+
+class PredictionWriter:
+    """Writes each prediction as train-id PNG, colour PNG and (where the label table can map back to the
+    dataset's own ids, e.g. Cityscapes labelIds) label-id PNG."""
+
+    def __init__(self, folder: Path, formats: Sequence[str], labels, colors) -> None:
+        import cv2
+
+        self.cv2, self.folder, self.colors = cv2, folder, colors
+        self.formats = [f for f in formats]
+        unknown = set(self.formats) - {"train_ids", "color", "label_ids"}
+        if unknown:
+            raise SegkitError(f"prediction_formats {sorted(unknown)} unknown; use train_ids, color, label_ids")
+        self.to_label_ids = getattr(labels, "to_label_ids", None)
+        if "label_ids" in self.formats and self.to_label_ids is None:
+            log.warning(f"label table '{labels.name}' has no to_label_ids(); skipping label-id PNGs")
+            self.formats.remove("label_ids")
+        for fmt in self.formats:
+            (folder / fmt).mkdir(parents=True, exist_ok=True)
+
+    def write(self, name: str, pred: np.ndarray) -> None:
+        cv2 = self.cv2
+        if "train_ids" in self.formats:
+            cv2.imwrite(str(self.folder / "train_ids" / f"{name}.png"), pred.astype(np.uint8))
+        if "color" in self.formats:
+            cv2.imwrite(str(self.folder / "color" / f"{name}.png"),
+                        cv2.cvtColor(colorize(pred, self.colors), cv2.COLOR_RGB2BGR))
+        if "label_ids" in self.formats:
+            ids = np.asarray(self.to_label_ids(pred))
+            cv2.imwrite(str(self.folder / "label_ids" / f"{name}.png"),
+                        ids.astype(np.uint16 if ids.max(initial=0) > 255 else np.uint8))
+
+
+def iou_table(scores: Mapping[str, Any], names: Sequence[str]) -> str:
+    """Per-class IoU and accuracy as a markdown table, means last; '-' where a class never occurs."""
+    def fmt(v: float) -> str:
+        return "-" if v is None or math.isnan(v) else f"{100 * v:.2f}"
+
+    lines = ["| class | IoU (%) | Acc (%) |", "|---|---:|---:|"]
+    for name, iou, acc in zip(names, scores["IoU"].tolist(), scores["Acc"].tolist()):
+        lines.append(f"| {name} | {fmt(iou)} | {fmt(acc)} |")
+    lines.append(f"| **mean** | **{fmt(float(scores['mIoU']))}** | **{fmt(float(scores['mAcc']))}** |")
+    lines.append("")
+    lines.append(f"pixAcc {fmt(float(scores['pixAcc']))} %, fwIoU {fmt(float(scores['fwIoU']))} %")
+    return "\n".join(lines) + "\n"
+
+
+def _plain(v: float) -> float | None:
+    return None if math.isnan(v) else v
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Score the model on ``cfg.split``; write metrics.json, iou.md, confusion.png (and predictions) to
+    ``cfg.output_dir``. Returns flat metrics named like training's (``val/mIoU``, ``val/IoU/<class>``)."""
+    device = resolve_device(cfg.get("device"))
+    model = load_model(cfg.get("ckpt"), cfg.get("run_dir"), map_location=device)
+    datamodule = eval_datamodule(cfg, model)
+    split = str(cfg.get("split", "val"))
+    dataset = datamodule.split_dataset(split)
+    loader = DataLoader(dataset, batch_size=int(cfg.get("batch_size") or 1), shuffle=False,
+                        num_workers=int(cfg.get("num_workers") or 0))
+    mode = hydra.utils.instantiate(cfg.inference) if cfg.get("inference") else WholeImage()
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    writer = None
+    if cfg.get("save_predictions"):
+        writer = PredictionWriter(out_dir / "predictions", cfg.get("prediction_formats") or ["train_ids", "color"],
+                                  datamodule.labels, model.colors)
+    names = sample_names(dataset, len(dataset))  # type: ignore[arg-type]
+    log.info(f"evaluating {model.path} on {datamodule.name}/{split} ({len(names)} images) with {mode!r} on {device}")
+
+    metrics = SegmentationMetrics(model.num_classes, datamodule.ignore_index, model.class_names).to(device)
+    seen = 0
+    for images, masks in tqdm(loader, desc=f"eval {split}", disable=not cfg.get("progress", True)):
+        try:
+            probs = predict_probs(model.net, images.to(device), mode, str(cfg.get("precision", "fp32")))
+        except torch.OutOfMemoryError as err:
+            raise SegkitError("out of GPU memory; use inference=slide, a smaller batch_size, or "
+                              "precision=fp16") from err
+        preds = probs.argmax(1)
+        metrics.update(preds, masks.to(device))
+        if writer is not None:
+            for pred in preds.cpu().numpy():
+                writer.write(names[seen], pred)
+                seen += 1
+
+    confusion = metrics.confmat.detach().cpu()
+    scores = scores_from_confusion(confusion)
+    flat = {f"{split}/{k}": float(scores[k]) for k in ("mIoU", "pixAcc", "mAcc", "fwIoU")}
+    flat.update({f"{split}/IoU/{n}": float(v) for n, v in zip(model.class_names, scores["IoU"].tolist())})
+    report = {
+        "checkpoint": str(model.path), "data": datamodule.name, "split": split, "images": len(names),
+        "inference": repr(mode),
+        **{k: float(scores[k]) for k in ("mIoU", "pixAcc", "mAcc", "fwIoU")},
+        "IoU": {n: _plain(v) for n, v in zip(model.class_names, scores["IoU"].tolist())},
+        "Acc": {n: _plain(v) for n, v in zip(model.class_names, scores["Acc"].tolist())},
+        "confusion": confusion.tolist(),
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "iou.md").write_text(iou_table(scores, model.class_names))
+    save_confusion_png(confusion.numpy(), model.class_names, out_dir / "confusion.png")
+    log.info(f"{split}: mIoU={flat[f'{split}/mIoU']:.4f}  pixAcc={flat[f'{split}/pixAcc']:.4f}  "
+             f"mAcc={flat[f'{split}/mAcc']:.4f}  fwIoU={flat[f'{split}/fwIoU']:.4f}")
+    log.info(f"report written to {out_dir} (metrics.json, iou.md, confusion.png"
+             f"{', predictions/' if writer else ''})")
+    return flat

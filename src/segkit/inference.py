@@ -1,0 +1,158 @@
+"""How a trained net is applied to whole images: as is, resized, in sliding windows, or at several scales.
+
+Each mode is a small callable ``mode(net, images) -> probabilities`` (B x K x H x W softmax at the input
+size), built from ``conf/inference/*.yaml`` with Hydra. Probabilities rather than logits are what
+overlapping windows and test-time augmentations average, so modes compose: ``MultiScale(base=SlidingWindow())``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Inference = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
+
+def net_logits(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The main-head logits of a net that returns a tensor or a dict with ``out`` (auxiliary heads dropped)."""
+    out = net(images)
+    return out["out"] if isinstance(out, Mapping) else out
+
+
+def _pair(value: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    h, w = value
+    return int(h), int(w)
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class WholeImage:
+    """The net sees the full image once (nets accept any size)."""
+
+    def __call__(self, net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        return net_logits(net, images).float().softmax(1)
+
+    def __repr__(self) -> str:
+        return "WholeImage()"
+
+
+class Resized:
+    """The image is resized to ``size`` (H, W) for the net, e.g. the resolution it was trained at; the
+    logits are resized back, so predictions are always at the input size."""
+
+    def __init__(self, size: int | Sequence[int]) -> None:
+        self.size = _pair(size)
+
+    def __call__(self, net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        logits = net_logits(net, _resize(images, self.size))
+        return _resize(logits.float(), tuple(images.shape[-2:])).softmax(1)
+
+    def __repr__(self) -> str:
+        return f"Resized(size={self.size})"
+
+
+def window_starts(size: int, crop: int, stride: int) -> list[int]:
+    """Offsets of windows of length ``crop`` covering ``0..size`` with step ``stride``; the last one ends at the
+    border (so it may overlap its neighbour more)."""
+    if size <= crop:
+        return [0]
+    starts = list(range(0, size - crop + 1, stride))
+    if starts[-1] != size - crop:
+        starts.append(size - crop)
+    return starts
+
+
+class SlidingWindow:
+    """Crops of ``crop`` (H, W) every ``stride`` pixels, ``batch_size`` windows per forward pass; the softmax of
+    overlapping windows is averaged. Windows are clipped to the image, so a crop at least as large as the
+    image is exactly whole-image inference.
+
+    Used for large images (Cityscapes at 1024x2048) that a net trained on crops should see at full resolution.
+    """
+
+    def __init__(self, crop: int | Sequence[int] = 512, stride: int | Sequence[int] | None = None,
+                 batch_size: int = 4) -> None:
+        self.crop = _pair(crop)
+        self.stride = _pair(stride) if stride is not None else (max(1, self.crop[0] * 2 // 3),
+                                                                 max(1, self.crop[1] * 2 // 3))
+        if min(self.crop) < 1 or min(self.stride) < 1:
+            raise ValueError(f"crop {self.crop} and stride {self.stride} must be positive")
+        self.batch_size = max(1, int(batch_size))
+
+    def __call__(self, net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = images.shape
+        ch, cw = min(self.crop[0], h), min(self.crop[1], w)
+        boxes = [(y, x) for y in window_starts(h, ch, self.stride[0]) for x in window_starts(w, cw, self.stride[1])]
+        probs: torch.Tensor | None = None
+        counts = torch.zeros(1, 1, h, w, device=images.device)
+        per_pass = max(1, self.batch_size // b)
+        for i in range(0, len(boxes), per_pass):
+            chunk = boxes[i: i + per_pass]
+            windows = torch.cat([images[..., y: y + ch, x: x + cw] for y, x in chunk])
+            out = net_logits(net, windows).float().softmax(1)
+            if probs is None:
+                probs = torch.zeros(b, out.shape[1], h, w, device=images.device)
+            for (y, x), window_probs in zip(chunk, out.split(b)):
+                probs[..., y: y + ch, x: x + cw] += window_probs
+                counts[..., y: y + ch, x: x + cw] += 1
+        assert probs is not None
+        return probs / counts
+
+    def __repr__(self) -> str:
+        return f"SlidingWindow(crop={self.crop}, stride={self.stride}, batch_size={self.batch_size})"
+
+
+class MultiScale:
+    """Test-time augmentation: ``base`` inference at each scale of the image (and its horizontal mirror when
+    ``flip``), probabilities resized back to the input size and averaged. Scale 1 without flip is ``base``."""
+
+    def __init__(self, scales: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip: bool = True,
+                 base: Inference | None = None) -> None:
+        if not scales:
+            raise ValueError("MultiScale needs at least one scale")
+        self.scales = tuple(float(s) for s in scales)
+        self.flip = bool(flip)
+        self.base = base if base is not None else WholeImage()
+
+    def __call__(self, net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        h, w = images.shape[-2:]
+        total: torch.Tensor | None = None
+        n = 0
+        for scale in self.scales:
+            size = (max(1, round(h * scale)), max(1, round(w * scale)))
+            scaled = _resize(images, size)
+            for flipped in (False, True) if self.flip else (False,):
+                x = scaled.flip(-1) if flipped else scaled
+                probs = self.base(net, x)
+                probs = _resize(probs.flip(-1) if flipped else probs, (h, w))
+                total = probs if total is None else total + probs
+                n += 1
+        assert total is not None
+        return total / n
+
+    def __repr__(self) -> str:
+        return f"MultiScale(scales={list(self.scales)}, flip={self.flip}, base={self.base!r})"
+
+
+@torch.inference_mode()
+def predict_probs(net: nn.Module, images: torch.Tensor, mode: Inference | None = None,
+                  precision: str = "fp32") -> torch.Tensor:
+    """``mode(net, images)`` in eval mode without gradients, under autocast for ``fp16``/``bf16``."""
+    mode = mode or WholeImage()
+    net.eval()
+    dtype = {"fp32": None, "32": None, "fp16": torch.float16, "16": torch.float16, "bf16": torch.bfloat16}
+    if str(precision) not in dtype:
+        raise ValueError(f"precision={precision!r}; use fp32, fp16 or bf16")
+    if dtype[str(precision)] is None:
+        return mode(net, images)
+    with torch.autocast(device_type=images.device.type, dtype=dtype[str(precision)]):
+        return mode(net, images).float()

@@ -1,0 +1,85 @@
+"""ENet and median-frequency class weights against a hand computation, the cache, and the loss wiring."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from segkit import SegkitError
+from segkit.data import class_weights as cw
+from segkit.data.labels import load_table
+
+# Three 2x2 masks over 3 classes (255 = ignore):
+MASKS = [np.array([[0, 0], [0, 1]]), np.array([[0, 255], [255, 255]]), np.array([[1, 1], [1, 1]])]
+
+
+class Masks:
+    def __init__(self, masks):
+        self.masks = masks
+
+    def __len__(self):
+        return len(self.masks)
+
+    def __getitem__(self, i):
+        return np.zeros((2, 2, 3), np.uint8), self.masks[i]
+
+
+def test_weights_match_a_hand_computation():
+    counts = cw.count_pixels(Masks(MASKS), num_classes=3)
+    # class 0: 3 + 1 = 4 px, class 1: 1 + 4 = 5 px, class 2: 0 px; 9 labelled pixels
+    assert counts.pixels.tolist() == [4, 5, 0]
+    # labelled pixels of the images holding each class: 0 in images 1, 2 (4 + 1); 1 in images 1, 3 (4 + 4)
+    assert counts.image_pixels.tolist() == [5, 8, 0]
+    enet = cw.enet_weights(counts)
+    assert enet == pytest.approx([1 / math.log(1.02 + 4 / 9), 1 / math.log(1.02 + 5 / 9), 1 / math.log(1.02)])
+    f0, f1 = 4 / 5, 5 / 8
+    median = np.median([f0, f1])
+    assert cw.median_freq_weights(counts) == pytest.approx([median / f0, median / f1, 0.0])
+
+
+def test_counts_are_cached_by_dataset_split_and_table(tmp_path):
+    table = load_table({"name": "t", "classes": [{"name": "a"}, {"name": "b"}, {"name": "c"}]})
+    first = cw.cached_counts(Masks(MASKS), table, "toy|/x|train", cache_dir=tmp_path)
+    files = list((tmp_path / "class_counts").glob("*.json"))
+    assert len(files) == 1 and files[0].name.startswith("toy-t-")
+    blank = Masks([np.zeros((2, 2), np.int64)] * 3)
+    again = cw.cached_counts(blank, table, "toy|/x|train", cache_dir=tmp_path)  # read back, not counted
+    assert again.pixels.tolist() == first.pixels.tolist()
+    merged = load_table({"name": "t", "classes": [{"name": "a"}, {"name": "bc", "ids": [1, 2]}]})
+    cw.cached_counts(Masks(MASKS), merged, "toy|/x|train", cache_dir=tmp_path)
+    cw.cached_counts(Masks(MASKS), table, "toy|/x|val", cache_dir=tmp_path)
+    assert len(list((tmp_path / "class_counts").glob("*.json"))) == 3
+
+
+def test_loss_takes_named_weights_through_build_module(tiny_cfg, tmp_path, monkeypatch):
+    from segkit.training import build_datamodule, build_module
+
+    monkeypatch.setenv("SEGKIT_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = tiny_cfg("loss.class_weights=median_freq", "data.dataset.num_samples={train: 4, val: 2, test: 2}")
+    dm = build_datamodule(cfg)
+    module = build_module(cfg, dm)
+    expected = cw.median_freq_weights(cw.count_pixels(dm.raw_dataset("train"), dm.num_classes))
+    assert module.loss_fn.weight.tolist() == pytest.approx(expected.tolist(), rel=1e-6)
+    with pytest.raises(SegkitError, match="loss.class_weights='inverse'; use one of"):
+        cw.class_weights(dm, "inverse")
+
+
+def test_camvid_weights_and_stats(camvid_root, tmp_path, capsys):
+    """The stats script and the weights on real CamVid (a 20-image slice keeps it fast)."""
+    from scripts.dataset_stats import main as stats_main
+
+    from segkit.data.tools import compose_datamodule
+
+    assert stats_main(["data=camvid", f"data.root={camvid_root}", "--limit", "20"]) == 0
+    report = capsys.readouterr().out
+    assert "images: 367 (statistics over the first 20)" in report and "480x360: 20" in report
+    assert "bicyclist" in report and "med_freq" in report
+    dm = compose_datamodule(["data=camvid", f"data.root={camvid_root}"])
+    train = dm.raw_dataset("train")
+    train.pairs = train.pairs[:20]
+    weights = cw.class_weights(dm, "median_freq", cache_dir=tmp_path)
+    assert len(weights) == 11 and all(w > 0 for w in weights)
+    names = dm.class_names
+    assert weights[names.index("road")] < 1 < weights[names.index("pole")]  # frequent classes below 1, rare above

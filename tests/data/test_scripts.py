@@ -1,0 +1,38 @@
+"""The dataset tools run on a fixture tree: stats table, browse grid, loading speed."""
+
+from __future__ import annotations
+
+import cv2
+from scripts.browse_dataset import main as browse_main
+from scripts.dataset_stats import main as stats_main
+from scripts.loading_speed import main as speed_main
+
+from tests.data import trees
+
+
+def test_dataset_stats_prints_images_sizes_and_shares(tmp_path, capsys):
+    root = trees.voc_tree(tmp_path)
+    assert stats_main(["data=voc", f"data.root={root}", "--split", "val"]) == 0
+    out = capsys.readouterr().out
+    assert "images: 2" in out and "24x16: 2" in out and "ignored pixels: 12.50%" in out  # 2 border rows of 16
+    shares = {line.split()[1]: float(line.split()[3]) for line in out.splitlines() if line[:3].strip().isdigit()}
+    assert len(shares) == 21 and abs(sum(shares.values()) - 100) < 0.1 and shares["aeroplane"] == 0 and shares["person"] > 0
+
+
+def test_missing_root_is_reported_not_raised(tmp_path, capsys):
+    assert stats_main(["data=ade20k", f"data.root={tmp_path / 'nope'}"]) == 1
+    assert "Expected layout" in capsys.readouterr().err
+
+
+def test_browse_writes_a_grid_with_legend(tmp_path):
+    root = trees.cityscapes_tree(tmp_path / "cs", n=3)
+    out = tmp_path / "grid.png"
+    assert browse_main(["data=cityscapes", f"data.root={root}", "--out", str(out), "--n", "3", "--cols", "2"]) == 0
+    grid = cv2.imread(str(out))
+    assert grid.shape[1] == 2 * 320 and grid.shape[0] > 2 * 213  # two rows of 320x213 tiles plus the legend
+
+
+def test_loading_speed_reports_images_per_second(capsys):
+    assert speed_main(["--pipelines", "camvid", "--images", "4", "--epochs", "1", "--workers", "0"]) == 0
+    row = capsys.readouterr().out.splitlines()[-1].split()
+    assert row[0] == "camvid" and float(row[-1]) > 0
