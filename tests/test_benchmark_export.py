@@ -54,10 +54,19 @@ def test_flops_only_mode_and_unknown_model(tmp_path):
         benchmark(_cfg("benchmark", tmp_path, "models=[nope]"))
 
 
+def _with_random_heads(net: torch.nn.Module) -> torch.nn.Module:
+    """Untrained heads are often zero-initialised (FCN scores); a zero output would hide export errors."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():
+                p.copy_(0.01 * torch.randn(p.shape, generator=generator))
+    return net.eval()
+
+
 def _random_net(model_cfg) -> torch.nn.Module:
-    """The net with random weights of sensible scale, built on the meta device first: initialising FCN-8s's
-    134M parameters twice (torchvision's VGG, then the FCN convs) costs more than the export. Random heads
-    also keep zero-initialised score layers from hiding export errors behind an all-zero output."""
+    """A BN-free net (VGG) with He-scaled random weights, built on the meta device first: initialising FCN-8s's
+    134M parameters twice (torchvision's VGG, then the FCN convs) costs more than the export."""
     with torch.device("meta"):
         net = build_net(model_cfg, 6, 3, for_weights=True)
     net = net.to_empty(device="cpu")
@@ -88,7 +97,7 @@ def test_onnx_export_matches_pytorch_with_dynamic_sizes(name, tmp_path):
     if not (CONF_DIR / "model" / f"{name}.yaml").is_file():
         pytest.skip(f"conf/model/{name}.yaml is not in this checkout yet")
     cfg = compose_config("train", [f"model={name}", *ONNX_MODELS[name]])
-    net = _random_net(cfg.model)
+    net = _random_net(cfg.model) if name == "fcn8_vgg" else _with_random_heads(build_net(cfg.model, 6, 3))
     result = export_onnx(net, tmp_path / f"{name}.onnx", (1, 3, 64, 64))
     assert result.dynamic == "batch+spatial", result.note
     assert set(result.max_abs_diff) == {"1x3x64x64", "2x3x77x71"}  # the second size checks the dynamic axes
@@ -96,7 +105,7 @@ def test_onnx_export_matches_pytorch_with_dynamic_sizes(name, tmp_path):
 
 
 def test_torchscript_export_and_the_export_command(tmp_path):
-    net = _random_net(compose_config("train", ["model=enet"]).model)
+    net = _with_random_heads(build_net(compose_config("train", ["model=enet"]).model, 6, 3))
     result = export_torchscript(net, tmp_path / "enet.pt", (1, 3, 40, 56))
     assert result.dynamic == "batch+spatial" and max(result.max_abs_diff.values()) < 1e-4
     loaded = torch.jit.load(str(tmp_path / "enet.pt"))

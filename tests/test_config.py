@@ -49,7 +49,11 @@ def test_choice_composes_and_instantiates(group, choice, tmp_path):
         if node:
             opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
             sched = hydra.utils.instantiate(node)(opt, total_steps=10)
-            sched.step()
+            if isinstance(sched, dict):  # a Lightning scheduler config: plateau steps on its monitored metric
+                sched = sched["scheduler"]
+            for _ in range(10):  # step (milestones) and plateau (patience) schedules cut only later in the run
+                opt.step()
+                sched.step(0.0) if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau) else sched.step()
             assert opt.param_groups[0]["lr"] < 1.0
     elif group == "loss":
         loss = hydra.utils.instantiate(node, ignore_index=255)

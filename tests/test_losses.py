@@ -10,7 +10,13 @@ import torch
 
 from segkit import SegkitError
 from segkit.losses import (
-    BCEWithLogitsLoss, CrossEntropyLoss, DiceLoss, FocalLoss, LovaszSoftmaxLoss, OhemCrossEntropyLoss, WeightedSumLoss,
+    BCEWithLogitsLoss,
+    CrossEntropyLoss,
+    DiceLoss,
+    FocalLoss,
+    LovaszSoftmaxLoss,
+    OhemCrossEntropyLoss,
+    WeightedSumLoss,
 )
 from tests.conftest import CONF_DIR, compose_config
 
@@ -48,7 +54,7 @@ def test_bce_on_one_hot_targets():
     # per pixel, sigmoid outputs are the raw logits (0 and logit(p)) against one-hot targets
     sig = torch.sigmoid(LOGITS[0, :, 0, :]).T.tolist()  # pixel -> (s0, s1)
     one_hot = [(0, 1), (0, 1), (1, 0)]
-    terms = [-(t * math.log(s) + (1 - t) * math.log(1 - s)) for (s0, s1), (t0, t1) in zip(sig, one_hot)
+    terms = [-(t * math.log(s) + (1 - t) * math.log(1 - s)) for (s0, s1), (t0, t1) in zip(sig, one_hot, strict=True)
              for s, t in ((s0, t0), (s1, t1))]
     expected = sum(terms) / 6
     assert BCEWithLogitsLoss()(*with_ignored_pixel(LOGITS, TARGET)).item() == pytest.approx(expected)

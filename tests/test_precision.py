@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import pytest
 import torch
 from pytorch_lightning.plugins import TorchSyncBatchNorm
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import subprocess
 import sys
@@ -42,8 +41,8 @@ def test_optimizer_sweep_2x2_and_summary_table(tmp_path):
 
 
 def test_optuna_sweeper_config(tmp_path):
-    if importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
-        pytest.skip("hydra-optuna-sweeper is not installed (pip install -e '.[sweep]')")
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper",
+                        reason="hydra-optuna-sweeper is not installed (pip install -e '.[sweep]')")
     cfg = compose_config("train", ["hparams_search=optuna"], output_dir=tmp_path, return_hydra_config=True)
     assert cfg.hydra.sweeper.direction == "maximize" and cfg.optimized_metric == "val/mIoU"
     assert "optimizer.lr" in cfg.hydra.sweeper.params

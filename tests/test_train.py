@@ -85,7 +85,9 @@ def run_cli(args: list[str], tmp_path: Path, timeout: int = 600, env_extra: dict
 
 
 def test_multirun_over_optimizers(tmp_path):
-    args = ["-m", "optimizer=adam,sgd,rmsprop", "debug=limit", "test=false", *TINY]
+    shrink = [o.split("=")[0] for o in TINY]  # keep the run folders named by the swept key alone
+    args = ["-m", "optimizer=adam,sgd,rmsprop", "debug=limit", "test=false", *TINY,
+            f"hydra.job.config.override_dirname.exclude_keys=[{','.join(shrink)},debug,test]"]
     proc = run_cli(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted((tmp_path / "logs" / "train" / "multiruns").glob("*/*optimizer=*"))
@@ -103,29 +105,3 @@ def test_cli_bad_input_is_one_clear_line(tmp_path):
     assert proc.returncode == 1
     assert f"CamVid root '{tmp_path}/nowhere' does not exist; set data.root=" in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr
-
-
-def test_wandb_offline_run_holds_curves(tiny_cfg, tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    train(tiny_cfg("logger=wandb", "debug=limit", "test=false"))
-    runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert len(runs) == 1
-    keys = wandb_history_keys(runs[0])
-    assert {"train/loss", "val/loss", "val/mIoU", "val/pixAcc"} <= keys
-
-
-def wandb_history_keys(path: Path) -> set[str]:
-    from wandb.proto import wandb_internal_pb2
-    from wandb.sdk.internal import datastore
-
-    store = datastore.DataStore()
-    store.open_for_scan(str(path))
-    keys: set[str] = set()
-    while (data := store.scan_data()) is not None:
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(data)
-        if record.WhichOneof("record_type") == "history":
-            keys |= {item.key or "/".join(item.nested_key) for item in record.history.item}
-    return keys

@@ -80,9 +80,9 @@ class PredictionWriter:
         unknown = set(self.formats) - {"train_ids", "color", "label_ids"}
         if unknown:
             raise SegkitError(f"prediction_formats {sorted(unknown)} unknown; use train_ids, color, label_ids")
-        self.to_label_ids = getattr(labels, "to_label_ids", None)
+        self.to_label_ids = getattr(labels, "to_source_ids", None)
         if "label_ids" in self.formats and self.to_label_ids is None:
-            log.warning(f"label table '{labels.name}' has no to_label_ids(); skipping label-id PNGs")
+            log.warning(f"label table '{labels.name}' cannot map train ids back; skipping label-id PNGs")
             self.formats.remove("label_ids")
         for fmt in self.formats:
             (folder / fmt).mkdir(parents=True, exist_ok=True)
@@ -106,7 +106,7 @@ def iou_table(scores: Mapping[str, Any], names: Sequence[str]) -> str:
         return "-" if v is None or math.isnan(v) else f"{100 * v:.2f}"
 
     lines = ["| class | IoU (%) | Acc (%) |", "|---|---:|---:|"]
-    for name, iou, acc in zip(names, scores["IoU"].tolist(), scores["Acc"].tolist()):
+    for name, iou, acc in zip(names, scores["IoU"].tolist(), scores["Acc"].tolist(), strict=True):
         lines.append(f"| {name} | {fmt(iou)} | {fmt(acc)} |")
     lines.append(f"| **mean** | **{fmt(float(scores['mIoU']))}** | **{fmt(float(scores['mAcc']))}** |")
     lines.append("")
@@ -156,13 +156,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     confusion = metrics.confmat.detach().cpu()
     scores = scores_from_confusion(confusion)
     flat = {f"{split}/{k}": float(scores[k]) for k in ("mIoU", "pixAcc", "mAcc", "fwIoU")}
-    flat.update({f"{split}/IoU/{n}": float(v) for n, v in zip(model.class_names, scores["IoU"].tolist())})
+    flat.update({f"{split}/IoU/{n}": float(v) for n, v in zip(model.class_names, scores["IoU"].tolist(), strict=True)})
     report = {
         "checkpoint": str(model.path), "data": datamodule.name, "split": split, "images": len(names),
         "inference": repr(mode),
         **{k: float(scores[k]) for k in ("mIoU", "pixAcc", "mAcc", "fwIoU")},
-        "IoU": {n: _plain(v) for n, v in zip(model.class_names, scores["IoU"].tolist())},
-        "Acc": {n: _plain(v) for n, v in zip(model.class_names, scores["Acc"].tolist())},
+        "IoU": {n: _plain(v) for n, v in zip(model.class_names, scores["IoU"].tolist(), strict=True)},
+        "Acc": {n: _plain(v) for n, v in zip(model.class_names, scores["Acc"].tolist(), strict=True)},
         "confusion": confusion.tolist(),
     }
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))

@@ -101,7 +101,7 @@ class SlidingWindow:
             out = net_logits(net, windows).float().softmax(1)
             if probs is None:
                 probs = torch.zeros(b, out.shape[1], h, w, device=images.device)
-            for (y, x), window_probs in zip(chunk, out.split(b)):
+            for (y, x), window_probs in zip(chunk, out.split(b), strict=True):
                 probs[..., y: y + ch, x: x + cw] += window_probs
                 counts[..., y: y + ch, x: x + cw] += 1
         assert probs is not None

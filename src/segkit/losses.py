@@ -228,7 +228,7 @@ class WeightedSumLoss(nn.Module):
             weights = list(weights)
             if len(weights) != len(named):
                 raise SegkitError(f"loss.weights has {len(weights)} entries for {len(named)} losses")
-            weights = dict(zip(named, weights))
+            weights = dict(zip(named, weights, strict=True))
         unknown = set(weights) - set(named)
         if unknown:
             raise SegkitError(f"loss.weights names {sorted(unknown)}, which are not in loss.losses {sorted(named)}")

@@ -16,7 +16,13 @@ from hydra.utils import get_class
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import (
-    LambdaLR, LinearLR, LRScheduler, MultiStepLR, PolynomialLR, ReduceLROnPlateau, SequentialLR,
+    LambdaLR,
+    LinearLR,
+    LRScheduler,
+    MultiStepLR,
+    PolynomialLR,
+    ReduceLROnPlateau,
+    SequentialLR,
 )
 
 from segkit import SegkitError

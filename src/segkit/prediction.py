@@ -141,7 +141,7 @@ def predict_video(path: Path, relative: Path, predictor: Predictor, writer: Outp
                 frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
             if not frames:
                 break
-            for frame, ids in zip(frames, predictor(frames)):
+            for frame, ids in zip(frames, predictor(frames), strict=True):
                 mask, blended = writer.render(frame, ids)
                 if not outputs:
                     size = (frame.shape[1], frame.shape[0])
@@ -180,7 +180,7 @@ def predict(cfg: DictConfig) -> dict[str, float]:
     log.info(f"predicting {len(images)} image(s) and {len(videos)} video(s) with {model.path} ({mode!r}) on {device}")
     with tqdm(total=len(images), desc="predict", unit="img", disable=not progress or not images) as bar:
         for batch in _batches(images, batch_size):
-            for (path, image), ids in zip(batch, predictor([image for _, image in batch])):
+            for (path, image), ids in zip(batch, predictor([image for _, image in batch]), strict=True):
                 writer.write(_relative(path, base), image, ids)
             bar.update(len(batch))
     for video in videos:

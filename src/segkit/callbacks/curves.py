@@ -40,7 +40,7 @@ def plot_curves(csv_path: str | Path, png_path: str | Path) -> Path:
     for key, ax in (("train/loss_epoch", ax_loss), ("val/loss", ax_loss), ("val/mIoU", ax_score),
                     ("val/pixAcc", ax_score)):
         if curves[key]:
-            epochs, values = zip(*curves[key])
+            epochs, values = zip(*curves[key], strict=True)
             ax.plot(epochs, values, marker="o", markersize=3, label=key.replace("_epoch", ""))
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_score.set(xlabel="epoch", ylabel="score", title="validation", ylim=(0, 1))

@@ -86,7 +86,7 @@ class WandbDashboard(Callback):
         images, masks = batch[0][:missing], batch[1][:missing]
         with torch.no_grad():
             preds = pl_module(images).argmax(1)
-        for image, mask, pred in zip(images, masks, preds):
+        for image, mask, pred in zip(images, masks, preds, strict=True):
             self._examples.append((self._to_uint8(image), mask.cpu().numpy(), pred.cpu().numpy()))
 
     def _to_uint8(self, image: torch.Tensor) -> np.ndarray:
@@ -113,7 +113,7 @@ class WandbDashboard(Callback):
         if self.iou_table:
             scores = scores_from_confusion(confusion)
             rows = [[name, _finite(iou), _finite(acc)] for name, iou, acc in
-                    zip(names, scores["IoU"].tolist(), scores["Acc"].tolist())]
+                    zip(names, scores["IoU"].tolist(), scores["Acc"].tolist(), strict=True)]
             payload["val/iou_table"] = wandb.Table(columns=["class", "IoU", "accuracy"], data=rows)
         if self.confusion_matrix:
             import matplotlib.pyplot as plt

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from segkit.models.backbones import ResNetBackbone
+from segkit.models.nets.blocks import ConvBNReLU
 from segkit.models.nets.common import crop_to, pad_to_multiple
 
 
@@ -24,14 +25,11 @@ class DecoderBlock(nn.Module):
         super().__init__()
         mid = cin // 4
         if stride == 2:
-            middle = nn.ConvTranspose2d(mid, mid, 3, stride=2, padding=1, output_padding=1, bias=False)
+            middle = nn.Sequential(
+                nn.ConvTranspose2d(mid, mid, 3, stride=2, padding=1, output_padding=1, bias=False), *bn_relu(mid))
         else:
-            middle = nn.Conv2d(mid, mid, 3, padding=1, bias=False)
-        self.body = nn.Sequential(
-            nn.Conv2d(cin, mid, 1, bias=False), *bn_relu(mid),
-            middle, *bn_relu(mid),
-            nn.Conv2d(mid, cout, 1, bias=False), *bn_relu(cout),
-        )
+            middle = ConvBNReLU(mid, mid, 3)
+        self.body = nn.Sequential(ConvBNReLU(cin, mid, 1), middle, ConvBNReLU(mid, cout, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
@@ -57,7 +55,7 @@ class LinkNet(nn.Module):
         ])
         self.final = nn.Sequential(
             nn.ConvTranspose2d(64, 32, 3, stride=2, padding=1, output_padding=1, bias=False), *bn_relu(32),
-            nn.Conv2d(32, 32, 3, padding=1, bias=False), *bn_relu(32),
+            ConvBNReLU(32, 32, 3),
             nn.ConvTranspose2d(32, num_classes, 2, stride=2),
         )
 

@@ -13,14 +13,12 @@ import torch
 from torch import nn
 
 from segkit import SegkitError
+from segkit.models.nets.blocks import ConvBNReLU
 from segkit.models.nets.common import crop_to, pad_to_multiple
 
 
 def conv_block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-    )
+    return nn.Sequential(ConvBNReLU(cin, cout), ConvBNReLU(cout, cout))
 
 
 class UNetPlusPlus(nn.Module):
