@@ -31,7 +31,11 @@ def main(argv: list[str] | None = None) -> int:
         datamodule = compose_datamodule(args.overrides)
         dataset = datamodule.raw_dataset(args.split)
         n = min(args.n, len(dataset))
-        indices = range(n) if args.seed < 0 else sorted(np.random.default_rng(args.seed).choice(len(dataset), n, replace=False))
+        indices = (
+            range(n)
+            if args.seed < 0
+            else sorted(np.random.default_rng(args.seed).choice(len(dataset), n, replace=False))
+        )
         grid = browse_grid(dataset, datamodule.labels, [int(i) for i in indices], cols=args.cols, alpha=args.alpha)
     except SegkitError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -28,8 +28,16 @@ def main() -> int:
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. trainer.max_time=00:00:05:00")
     args = parser.parse_args()
     run_dir = ROOT / "logs" / "camvid_quick" / time.strftime("%Y-%m-%d_%H-%M-%S")
-    cmd = [sys.executable, str(ROOT / "src" / "train.py"), "experiment=camvid_quick", f"data.root={args.root}",
-           f"hydra.run.dir={run_dir}", "callbacks.progress_bar=null", "extras.print_config=false", *args.overrides]
+    cmd = [
+        sys.executable,
+        str(ROOT / "src" / "train.py"),
+        "experiment=camvid_quick",
+        f"data.root={args.root}",
+        f"hydra.run.dir={run_dir}",
+        "callbacks.progress_bar=null",
+        "extras.print_config=false",
+        *args.overrides,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     start = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, env=env)
@@ -45,8 +53,10 @@ def main() -> int:
     print("| epoch | step | train loss | val loss | val mIoU | val pixAcc |\n|---|---|---|---|---|---|")
     for r in val:
         loss = train_loss.get(r["epoch"])
-        print(f"| {r['epoch']} | {r['step']} | {'' if loss is None else f'{loss:.3f}'} | {float(r['val/loss']):.3f} "
-              f"| {float(r['val/mIoU']):.3f} | {float(r['val/pixAcc']):.3f} |")
+        print(
+            f"| {r['epoch']} | {r['step']} | {'' if loss is None else f'{loss:.3f}'} | {float(r['val/loss']):.3f} "
+            f"| {float(r['val/mIoU']):.3f} | {float(r['val/pixAcc']):.3f} |"
+        )
     if not val:
         return proc.returncode or 1
     best = max(val, key=lambda r: float(r["val/mIoU"]))

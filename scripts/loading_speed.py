@@ -70,9 +70,15 @@ def build(name: str, root: Path, workers: int, camvid: Path | None, limit: int) 
         labels = "binary"
         dataset, data_root = functools.partial(ImageMaskFolder, ratios={"train": 1.0}), str(root)
     datamodule = SegmentationDataModule(
-        dataset=dataset, labels=labels, splits={"train": "train"}, root=data_root,
-        train_transform=train_transforms(crop_size=crop, scale_range=(0.5, 2.0)), val_transform=eval_transforms(),
-        batch_size=min(batch, limit), num_workers=workers, pin_memory=torch.cuda.is_available(),
+        dataset=dataset,
+        labels=labels,
+        splits={"train": "train"},
+        root=data_root,
+        train_transform=train_transforms(crop_size=crop, scale_range=(0.5, 2.0)),
+        val_transform=eval_transforms(),
+        batch_size=min(batch, limit),
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
     )
     raw = datamodule.split_dataset("train").dataset
     raw.pairs = raw.pairs[:limit]
@@ -96,8 +102,10 @@ def main(argv: list[str] | None = None) -> int:
                 write_folder(root, size, args.images)
             for workers in args.workers:
                 rate = images_per_second(build(name, root, workers, args.camvid, args.images), args.epochs)
-                print(f"{name:<12}{size[1]:>5}x{size[0]:<5}{crop[1]:>5}x{crop[0]:<4}{batch:>7}{workers:>9}{rate:>10.1f}",
-                      flush=True)
+                print(
+                    f"{name:<12}{size[1]:>5}x{size[0]:<5}{crop[1]:>5}x{crop[0]:<4}{batch:>7}{workers:>9}{rate:>10.1f}",
+                    flush=True,
+                )
     return 0
 
 

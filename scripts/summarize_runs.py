@@ -48,12 +48,16 @@ def best_epoch(job: Path, metric: str, mode: str) -> dict[str, float] | None:
         return None
     pick = max if mode == "max" else min
     best = pick(rows, key=lambda r: float(r[metric]))
-    return {"epoch": int(float(best["epoch"])), "epochs": len(rows),
-            **{k: float(best[k]) for k in SCORES if best.get(k)}}
+    return {
+        "epoch": int(float(best["epoch"])),
+        "epochs": len(rows),
+        **{k: float(best[k]) for k in SCORES if best.get(k)},
+    }
 
 
-def summarize(sweep_dir: Path, metric: str = "val/mIoU", mode: str = "max",
-              all_overrides: bool = False) -> tuple[list[str], list[list[str]]]:
+def summarize(
+    sweep_dir: Path, metric: str = "val/mIoU", mode: str = "max", all_overrides: bool = False
+) -> tuple[list[str], list[list[str]]]:
     """Header and rows; override columns are those that differ between runs unless ``all_overrides``."""
     jobs = job_dirs(sweep_dir)
     if not jobs:

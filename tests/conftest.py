@@ -31,8 +31,12 @@ TINY = [
 ]
 
 
-def compose_config(config_name: str = "train", overrides: list[str] | None = None, output_dir: Path | None = None,
-                   return_hydra_config: bool = False) -> DictConfig:
+def compose_config(
+    config_name: str = "train",
+    overrides: list[str] | None = None,
+    output_dir: Path | None = None,
+    return_hydra_config: bool = False,
+) -> DictConfig:
     """Compose ``conf/<config_name>.yaml`` with overrides, as the entry point would, outside a Hydra run."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -26,8 +26,21 @@ def _cfg(name: str, tmp_path: Path, *overrides: str):
 
 def test_benchmark_two_small_models_writes_a_markdown_table(tmp_path, capsys):
     out = tmp_path / "bench.md"
-    benchmark(_cfg("benchmark", tmp_path, "models=[unet_small,enet]", "height=48", "width=64", "batch_size=2",
-                   "warmup=1", "repeats=2", "device=cpu", "channels_last=true", f"output={out}"))
+    benchmark(
+        _cfg(
+            "benchmark",
+            tmp_path,
+            "models=[unet_small,enet]",
+            "height=48",
+            "width=64",
+            "batch_size=2",
+            "warmup=1",
+            "repeats=2",
+            "device=cpu",
+            "channels_last=true",
+            f"output={out}",
+        )
+    )
     table = out.read_text()
     assert "| model | params (M) | GFLOPs | latency b1 (ms) | FPS b1 | latency b2 (ms) | FPS b2 |" in table
     rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
@@ -111,8 +124,19 @@ def test_torchscript_export_and_the_export_command(tmp_path):
     loaded = torch.jit.load(str(tmp_path / "enet.pt"))
     assert loaded(torch.randn(1, 3, 33, 45)).shape == (1, 6, 33, 45)
 
-    metrics = export(_cfg("export", tmp_path, "model=unet_small", "model.base_width=4", "format=both", "height=33",
-                          "width=47", "num_classes=5", f"output={tmp_path / 'cli' / 'unet'}"))
+    metrics = export(
+        _cfg(
+            "export",
+            tmp_path,
+            "model=unet_small",
+            "model.base_width=4",
+            "format=both",
+            "height=33",
+            "width=47",
+            "num_classes=5",
+            f"output={tmp_path / 'cli' / 'unet'}",
+        )
+    )
     assert (tmp_path / "cli" / "unet.onnx").is_file() and (tmp_path / "cli" / "unet.pt").is_file()
     assert metrics["onnx/max_abs_diff"] < 1e-4 and metrics["torchscript/max_abs_diff"] < 1e-4
     with pytest.raises(SegkitError, match="nothing to export"):

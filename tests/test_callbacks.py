@@ -15,12 +15,28 @@ from segkit.callbacks.wandb_dashboard import overrides_to_tags
 from segkit.training import train
 from tests.conftest import compose_config
 
-RUN = ["data.dataset.num_samples={train: 8, val: 6, test: 4}", "data.dataset.height=32", "data.dataset.width=32",
-       "data.batch_size=4", "data.val_batch_size=4", "trainer.accelerator=cpu", "callbacks.progress_bar=null",
-       "extras.print_config=false", "trainer.enable_model_summary=false", "test=false", "trainer.max_epochs=2",
-       "trainer.log_every_n_steps=1",
-       "model.base_width=4", "model.depth=2", "logger=many", "logger.tensorboard=null", "callbacks=ema",
-       "callbacks.ema.decay=0.5", "callbacks.wandb_dashboard.num_images=3", "scheduler=plateau"]
+RUN = [
+    "data.dataset.num_samples={train: 8, val: 6, test: 4}",
+    "data.dataset.height=32",
+    "data.dataset.width=32",
+    "data.batch_size=4",
+    "data.val_batch_size=4",
+    "trainer.accelerator=cpu",
+    "callbacks.progress_bar=null",
+    "extras.print_config=false",
+    "trainer.enable_model_summary=false",
+    "test=false",
+    "trainer.max_epochs=2",
+    "trainer.log_every_n_steps=1",
+    "model.base_width=4",
+    "model.depth=2",
+    "logger=many",
+    "logger.tensorboard=null",
+    "callbacks=ema",
+    "callbacks.ema.decay=0.5",
+    "callbacks.wandb_dashboard.num_images=3",
+    "scheduler=plateau",
+]
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +66,10 @@ def read_wandb_records(path: Path) -> list:
         if room < header:
             pos += room
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + header])
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + header])
         if kind == 0:
             break
-        chunk, pos = data[pos + header:pos + header + length], pos + header + length
+        chunk, pos = data[pos + header : pos + header + length], pos + header + length
         pending = chunk if kind in (1, 2) else pending + chunk
         if kind in (1, 4):
             record = wandb_internal_pb2.Record()

@@ -26,11 +26,18 @@ from tests.conftest import ROOT, TINY, compose_config
 def trained(tmp_path_factory) -> dict:
     """A tiny U-Net trained for 2 short epochs on synthetic data, with a Hydra-style saved config."""
     run = tmp_path_factory.mktemp("run")
-    cfg = compose_config("train", TINY + ["debug=limit", "model=unet_small", "model.base_width=4", "model.depth=2"], output_dir=run)
+    cfg = compose_config(
+        "train", TINY + ["debug=limit", "model=unet_small", "model.base_width=4", "model.depth=2"], output_dir=run
+    )
     metrics = train(cfg)
     (run / ".hydra").mkdir()
     OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
-    return {"run": run, "metrics": metrics, "best": Path(metrics["best_model_path"]), "last": run / "checkpoints" / "last.ckpt"}
+    return {
+        "run": run,
+        "metrics": metrics,
+        "best": Path(metrics["best_model_path"]),
+        "last": run / "checkpoints" / "last.ckpt",
+    }
 
 
 def eval_cfg(out: Path, *overrides: str):
@@ -57,8 +64,16 @@ def test_eval_reproduces_training_val_metrics(trained, tmp_path):
 
 
 def test_eval_on_test_split_with_tta_and_saved_predictions(trained, tmp_path):
-    out = evaluate(eval_cfg(tmp_path, f"run_dir={trained['run']}", "split=test", "inference=tta",
-                            "inference.scales=[0.75,1.0]", "save_predictions=true"))
+    out = evaluate(
+        eval_cfg(
+            tmp_path,
+            f"run_dir={trained['run']}",
+            "split=test",
+            "inference=tta",
+            "inference.scales=[0.75,1.0]",
+            "save_predictions=true",
+        )
+    )
     assert 0.0 <= out["test/mIoU"] <= 1.0
     ids = sorted((tmp_path / "predictions" / "train_ids").glob("*.png"))
     colors = sorted((tmp_path / "predictions" / "color").glob("*.png"))
@@ -76,8 +91,19 @@ def test_predict_writes_outputs_at_input_sizes(trained, tmp_path):
     for name, (h, w) in sizes.items():
         cv2.imwrite(str(demo / name), rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
     out = tmp_path / "out"
-    cfg = compose_config("predict", [f"ckpt={trained['last']}", f"input={demo}", f"output={out}", "batch_size=2",
-                                     "save_ids=true", "progress=false", "device=cpu"], output_dir=tmp_path)
+    cfg = compose_config(
+        "predict",
+        [
+            f"ckpt={trained['last']}",
+            f"input={demo}",
+            f"output={out}",
+            "batch_size=2",
+            "save_ids=true",
+            "progress=false",
+            "device=cpu",
+        ],
+        output_dir=tmp_path,
+    )
     predict(cfg)
     for name, (h, w) in sizes.items():
         stem = out / Path(name).parent / Path(name).stem
@@ -86,8 +112,19 @@ def test_predict_writes_outputs_at_input_sizes(trained, tmp_path):
         assert cv2.imread(f"{stem}_ids.png", cv2.IMREAD_UNCHANGED).shape == (h, w)
 
     glob_out = tmp_path / "glob"
-    predict(compose_config("predict", [f"ckpt={trained['last']}", f"input={demo}/*.png", f"output={glob_out}",
-                                       "progress=false", "inference=slide", "inference.crop=[32,32]"]))
+    predict(
+        compose_config(
+            "predict",
+            [
+                f"ckpt={trained['last']}",
+                f"input={demo}/*.png",
+                f"output={glob_out}",
+                "progress=false",
+                "inference=slide",
+                "inference.crop=[32,32]",
+            ],
+        )
+    )
     assert sorted(p.name for p in glob_out.iterdir()) == ["a_mask.png", "a_overlay.png", "c_mask.png", "c_overlay.png"]
 
 
@@ -97,8 +134,11 @@ def test_predict_on_a_video(trained, tmp_path):
     for i in range(5):
         writer.write(np.full((40, 48, 3), 40 * i, np.uint8))
     writer.release()
-    predict(compose_config("predict", [f"ckpt={trained['last']}", f"input={video}", f"output={tmp_path / 'v'}",
-                                       "progress=false"]))
+    predict(
+        compose_config(
+            "predict", [f"ckpt={trained['last']}", f"input={video}", f"output={tmp_path / 'v'}", "progress=false"]
+        )
+    )
     capture = cv2.VideoCapture(str(tmp_path / "v" / "clip_overlay.mp4"))
     ok, frame = capture.read()
     assert ok and frame.shape == (40, 48, 3)
@@ -109,8 +149,9 @@ def test_checkpoint_errors_are_one_clear_line(trained, tmp_path):
         load_model(tmp_path / "nope.ckpt")
     ckpt = torch.load(trained["last"], map_location="cpu", weights_only=False)
 
-    unknown = dict(ckpt, hyper_parameters={**ckpt["hyper_parameters"],
-                                           "model": {"_target_": "segkit.models.nets.nope.Nope"}})
+    unknown = dict(
+        ckpt, hyper_parameters={**ckpt["hyper_parameters"], "model": {"_target_": "segkit.models.nets.nope.Nope"}}
+    )
     torch.save(unknown, tmp_path / "unknown.ckpt")
     with pytest.raises(SegkitError, match="unknown architecture 'segkit.models.nets.nope.Nope'"):
         load_model(tmp_path / "unknown.ckpt")
@@ -132,8 +173,12 @@ def test_cli_help_and_missing_checkpoint_message(tmp_path):
     for script in ("src/eval.py", "src/predict.py"):  # --help does not import torch: a second each
         help_text = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True)
         assert help_text.returncode == 0 and "inference" in help_text.stdout
-    run = subprocess.run([sys.executable, "src/eval.py", "ckpt=missing.ckpt", "extras.print_config=false",
-                          f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "src/eval.py", "ckpt=missing.ckpt", "extras.print_config=false", f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 1
     assert "ckpt='missing.ckpt' does not exist" in run.stdout + run.stderr
     assert "Traceback" not in run.stdout + run.stderr

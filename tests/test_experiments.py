@@ -17,10 +17,22 @@ from tests.conftest import CAMVID, CONF_DIR, compose_config
 # VGG16-FCN and the dilated ResNets cost ~10-70 s per batch on a busy 2-core CPU (weight-bound: smaller images
 # do not help), so their runs are marked slow; every experiment still composes in test_recipes_say_what_the_issue_asks
 HEAVY = {"cityscapes_fcn8_vgg", "voc_pspnet_resnet101", "ade20k_pspnet_resnet50", "ade20k_encnet_resnet50"}
-EXPERIMENTS = ["cityscapes_fcn8_vgg", "voc_pspnet_resnet101", "ade20k_pspnet_resnet50", "ade20k_encnet_resnet50",
-               "cityscapes_unet", "camvid_segnet", "camvid_enet", "camvid_quick"]
-SYNTHETIC = ["data=synthetic", "data.dataset.num_samples={train: 4, val: 2, test: 2}", "data.dataset.height=32",
-             "data.dataset.width=32"]
+EXPERIMENTS = [
+    "cityscapes_fcn8_vgg",
+    "voc_pspnet_resnet101",
+    "ade20k_pspnet_resnet50",
+    "ade20k_encnet_resnet50",
+    "cityscapes_unet",
+    "camvid_segnet",
+    "camvid_enet",
+    "camvid_quick",
+]
+SYNTHETIC = [
+    "data=synthetic",
+    "data.dataset.num_samples={train: 4, val: 2, test: 2}",
+    "data.dataset.height=32",
+    "data.dataset.width=32",
+]
 CAMVID_SMALL = {"batch_size": 2, "val_batch_size": 2, "num_workers": 0}
 
 
@@ -51,8 +63,9 @@ def shrink(cfg: DictConfig, tmp_path) -> None:
             _drop_fixed_class_weights(cfg.loss)
         if "pretrained" in cfg.model:
             cfg.model.pretrained = False
-        cfg.trainer.merge_with({"fast_dev_run": True, "accelerator": "cpu", "enable_progress_bar": False,
-                                "enable_model_summary": False})
+        cfg.trainer.merge_with(
+            {"fast_dev_run": True, "accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False}
+        )
         cfg.callbacks.progress_bar = None
         cfg.extras.print_config = False
         cfg.test = False

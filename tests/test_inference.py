@@ -54,11 +54,14 @@ def test_sliding_window_batching_does_not_change_the_result(net, images):
 
 def test_multiscale_at_scale_one_without_flip_equals_base(net, images):
     whole = predict_probs(net, images, WholeImage())
-    torch.testing.assert_close(predict_probs(net, images, MultiScale(scales=[1.0], flip=False)), whole,
-                               rtol=0, atol=0)
+    torch.testing.assert_close(predict_probs(net, images, MultiScale(scales=[1.0], flip=False)), whole, rtol=0, atol=0)
     slide = SlidingWindow(crop=20, stride=10)
-    torch.testing.assert_close(predict_probs(net, images, MultiScale([1.0], flip=False, base=slide)),
-                               predict_probs(net, images, slide), rtol=0, atol=0)
+    torch.testing.assert_close(
+        predict_probs(net, images, MultiScale([1.0], flip=False, base=slide)),
+        predict_probs(net, images, slide),
+        rtol=0,
+        atol=0,
+    )
 
 
 def test_flip_tta_averages_the_mirrored_prediction(net, images):

@@ -44,7 +44,8 @@ def test_cross_entropy_weights_and_smoothing():
     assert CrossEntropyLoss()(LOGITS, TARGET).item() == pytest.approx(expected)
     weighted = -(2 * math.log(0.8) + 2 * math.log(0.4) + 1 * math.log(0.9)) / (2 + 2 + 1)
     assert CrossEntropyLoss(class_weights=[1.0, 2.0])(*with_ignored_pixel(LOGITS, TARGET)).item() == pytest.approx(
-        weighted)
+        weighted
+    )
     # smoothing 0.2 over 2 classes: target distribution (0.9, 0.1)
     smooth = -sum(0.9 * math.log(pt) + 0.1 * math.log(1 - pt) for pt in (0.8, 0.4, 0.9)) / 3
     assert CrossEntropyLoss(label_smoothing=0.2)(LOGITS, TARGET).item() == pytest.approx(smooth)
@@ -54,8 +55,11 @@ def test_bce_on_one_hot_targets():
     # per pixel, sigmoid outputs are the raw logits (0 and logit(p)) against one-hot targets
     sig = torch.sigmoid(LOGITS[0, :, 0, :]).T.tolist()  # pixel -> (s0, s1)
     one_hot = [(0, 1), (0, 1), (1, 0)]
-    terms = [-(t * math.log(s) + (1 - t) * math.log(1 - s)) for (s0, s1), (t0, t1) in zip(sig, one_hot, strict=True)
-             for s, t in ((s0, t0), (s1, t1))]
+    terms = [
+        -(t * math.log(s) + (1 - t) * math.log(1 - s))
+        for (s0, s1), (t0, t1) in zip(sig, one_hot, strict=True)
+        for s, t in ((s0, t0), (s1, t1))
+    ]
     expected = sum(terms) / 6
     assert BCEWithLogitsLoss()(*with_ignored_pixel(LOGITS, TARGET)).item() == pytest.approx(expected)
 

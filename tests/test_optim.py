@@ -23,8 +23,9 @@ class Backboned(nn.Module):
 
 
 def test_head_lr_multiplier_and_no_decay_on_norms_and_biases():
-    opt = make_optimizer(Backboned(), name="torch.optim.SGD", lr=0.01, weight_decay=1e-4, head_lr_mult=10.0,
-                         momentum=0.9, nesterov=True)
+    opt = make_optimizer(
+        Backboned(), name="torch.optim.SGD", lr=0.01, weight_decay=1e-4, head_lr_mult=10.0, momentum=0.9, nesterov=True
+    )
     groups = {g["name"]: g for g in opt.param_groups}
     assert set(groups) == {"backbone", "backbone_no_decay", "head", "head_no_decay"}
     assert [p.shape for p in groups["backbone"]["params"]] == [(4, 3, 3, 3)]
@@ -84,12 +85,27 @@ def test_scheduler_configs_build_through_the_module(choice, tmp_path):
 
 def test_real_run_lr_warms_up_then_decays(tmp_path):
     """The lr the learning-rate monitor recorded, step by step, follows warm-up + poly(0.9) on every group."""
-    overrides = ["data.dataset.num_samples={train: 12, val: 4, test: 4}", "data.dataset.height=32",
-                 "data.dataset.width=32", "data.batch_size=4", "trainer.accelerator=cpu", "callbacks.progress_bar=null",
-                 "extras.print_config=false", "trainer.enable_model_summary=false", "test=false",
-                 "trainer.max_epochs=2", "trainer.limit_val_batches=1", "trainer.log_every_n_steps=1",
-                 "optimizer=sgd", "optimizer.lr=0.1", "scheduler=poly", "scheduler.warmup_steps=2",
-                 "scheduler.warmup_factor=0.1", "model.base_width=4", "model.depth=2"]
+    overrides = [
+        "data.dataset.num_samples={train: 12, val: 4, test: 4}",
+        "data.dataset.height=32",
+        "data.dataset.width=32",
+        "data.batch_size=4",
+        "trainer.accelerator=cpu",
+        "callbacks.progress_bar=null",
+        "extras.print_config=false",
+        "trainer.enable_model_summary=false",
+        "test=false",
+        "trainer.max_epochs=2",
+        "trainer.limit_val_batches=1",
+        "trainer.log_every_n_steps=1",
+        "optimizer=sgd",
+        "optimizer.lr=0.1",
+        "scheduler=poly",
+        "scheduler.warmup_steps=2",
+        "scheduler.warmup_factor=0.1",
+        "model.base_width=4",
+        "model.depth=2",
+    ]
     train(compose_config("train", overrides, output_dir=tmp_path))
     rows = [r for r in read_csv_metrics(tmp_path / "csv" / "metrics.csv") if r.get("lr-SGD/head")]
     assert [int(r["step"]) for r in rows] == list(range(6))

@@ -10,10 +10,21 @@ from pytorch_lightning.plugins import TorchSyncBatchNorm
 from segkit.training import build_datamodule, build_module, build_trainer, resolve_sync_batchnorm, train
 from tests.conftest import compose_config
 
-SMALL = ["data.dataset.num_samples={train: 8, val: 4, test: 4}", "data.dataset.height=16", "data.dataset.width=16",
-         "data.batch_size=2", "data.val_batch_size=2", "trainer.accelerator=cpu", "callbacks.progress_bar=null",
-         "extras.print_config=false", "trainer.enable_model_summary=false", "test=false", "model.base_width=4",
-         "model.depth=2", "logger=csv"]
+SMALL = [
+    "data.dataset.num_samples={train: 8, val: 4, test: 4}",
+    "data.dataset.height=16",
+    "data.dataset.width=16",
+    "data.batch_size=2",
+    "data.val_batch_size=2",
+    "trainer.accelerator=cpu",
+    "callbacks.progress_bar=null",
+    "extras.print_config=false",
+    "trainer.enable_model_summary=false",
+    "test=false",
+    "model.base_width=4",
+    "model.depth=2",
+    "logger=csv",
+]
 
 
 def test_bf16_mixed_trains_one_batch(tmp_path):
@@ -29,7 +40,9 @@ def test_channels_last_net_and_batches(tmp_path):
     conv = next(m for m in module.net.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size[0] > 1)
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     seen = []
-    conv.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    conv.register_forward_pre_hook(
+        lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
     with torch.no_grad():
         assert module(torch.randn(2, 3, 16, 16)).shape == (2, 6, 16, 16)
     assert seen and all(seen)
@@ -44,9 +57,17 @@ def test_compile_switch_wraps_the_module(tmp_path):
 
 
 def test_gradient_clipping_and_accumulation(tmp_path):
-    cfg = compose_config("train", SMALL + ["trainer.max_epochs=1", "trainer.limit_val_batches=1",
-                                           "trainer.gradient_clip_val=0.01", "trainer.accumulate_grad_batches=2"],
-                         output_dir=tmp_path)
+    cfg = compose_config(
+        "train",
+        SMALL
+        + [
+            "trainer.max_epochs=1",
+            "trainer.limit_val_batches=1",
+            "trainer.gradient_clip_val=0.01",
+            "trainer.accumulate_grad_batches=2",
+        ],
+        output_dir=tmp_path,
+    )
     dm = build_datamodule(cfg)
     module = build_module(cfg, dm)
     trainer = build_trainer(cfg)

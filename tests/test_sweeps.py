@@ -12,10 +12,22 @@ import pytest
 from tests.conftest import ROOT, compose_config
 from tests.test_train import run_cli
 
-SMALL = ["data.dataset.num_samples={train: 8, val: 4, test: 4}", "data.dataset.height=32", "data.dataset.width=32",
-         "data.batch_size=4", "data.val_batch_size=4", "trainer.accelerator=cpu", "trainer.enable_model_summary=false",
-         "callbacks.progress_bar=null", "extras.print_config=false", "model.base_width=4", "model.depth=2",
-         "debug=limit", "trainer.max_epochs=1", "test=false"]
+SMALL = [
+    "data.dataset.num_samples={train: 8, val: 4, test: 4}",
+    "data.dataset.height=32",
+    "data.dataset.width=32",
+    "data.batch_size=4",
+    "data.val_batch_size=4",
+    "trainer.accelerator=cpu",
+    "trainer.enable_model_summary=false",
+    "callbacks.progress_bar=null",
+    "extras.print_config=false",
+    "model.base_width=4",
+    "model.depth=2",
+    "debug=limit",
+    "trainer.max_epochs=1",
+    "test=false",
+]
 
 
 def test_optimizer_sweep_2x2_and_summary_table(tmp_path):
@@ -31,18 +43,26 @@ def test_optimizer_sweep_2x2_and_summary_table(tmp_path):
     table = subprocess.run(script, capture_output=True, text=True, check=True).stdout
     lines = table.splitlines()
     assert lines[0].startswith("| run | optimizer | optimizer.lr | best epoch | val/mIoU |") and len(lines) == 6
-    rows = list(csv.DictReader(io.StringIO(subprocess.run(script + ["--format", "csv"], capture_output=True,
-                                                          text=True, check=True).stdout)))
+    rows = list(
+        csv.DictReader(
+            io.StringIO(subprocess.run(script + ["--format", "csv"], capture_output=True, text=True, check=True).stdout)
+        )
+    )
     assert sorted((r["optimizer"], r["optimizer.lr"]) for r in rows) == [
-        ("adam", "0.001"), ("adam", "0.01"), ("sgd", "0.001"), ("sgd", "0.01")]
+        ("adam", "0.001"),
+        ("adam", "0.01"),
+        ("sgd", "0.001"),
+        ("sgd", "0.01"),
+    ]
     mious = [float(r["val/mIoU"]) for r in rows]
     assert mious == sorted(mious, reverse=True) and all(0 <= m <= 1 for m in mious)
     assert all(r["best epoch"] == "0 / 1" for r in rows)
 
 
 def test_optuna_sweeper_config(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper",
-                        reason="hydra-optuna-sweeper is not installed (pip install -e '.[sweep]')")
+    pytest.importorskip(
+        "hydra_plugins.hydra_optuna_sweeper", reason="hydra-optuna-sweeper is not installed (pip install -e '.[sweep]')"
+    )
     cfg = compose_config("train", ["hparams_search=optuna"], output_dir=tmp_path, return_hydra_config=True)
     assert cfg.hydra.sweeper.direction == "maximize" and cfg.optimized_metric == "val/mIoU"
     assert "optimizer.lr" in cfg.hydra.sweeper.params

@@ -19,8 +19,9 @@ FOUNDATION_MODELS = ["fcn32_vgg", "fcn16_vgg", "fcn8_vgg", "unet", "unet_small"]
 
 @pytest.mark.parametrize("model", FOUNDATION_MODELS)
 def test_fast_dev_run_each_model_on_odd_sizes(model, tiny_cfg):
-    cfg = tiny_cfg(f"model={model}", "debug=fdr", "data.dataset.height=97", "data.dataset.width=131",
-                   "data.batch_size=2")
+    cfg = tiny_cfg(
+        f"model={model}", "debug=fdr", "data.dataset.height=97", "data.dataset.width=131", "data.batch_size=2"
+    )
     metrics = train(cfg)
     assert 0.0 <= metrics["val/mIoU"] <= 1.0 and metrics["train/loss"] > 0
     dm = build_datamodule(cfg)
@@ -40,10 +41,17 @@ def test_short_run_writes_checkpoints_and_csv(tiny_cfg, tmp_path):
 
 
 def test_resume_from_last_checkpoint_is_exact(tiny_cfg, tmp_path):
-    common = ["trainer.max_epochs=2", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "test=false",
-              "callbacks.early_stopping=null"]
+    common = [
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=2",
+        "test=false",
+        "callbacks.early_stopping=null",
+    ]
     full = train(tiny_cfg(*common, f"paths.output_dir={tmp_path}/full"))
-    train(tiny_cfg(*common, f"paths.output_dir={tmp_path}/cut", "+callbacks.stop._target_=tests.helpers.StopAfterEpoch"))
+    train(
+        tiny_cfg(*common, f"paths.output_dir={tmp_path}/cut", "+callbacks.stop._target_=tests.helpers.StopAfterEpoch")
+    )
     cut_rows = val_rows(tmp_path / "cut" / "csv" / "metrics.csv")
     assert [r["epoch"] for r in cut_rows] == [0]
     last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
@@ -61,8 +69,14 @@ def test_missing_checkpoint_is_a_clear_error(tiny_cfg):
 
 def test_ddp_two_processes_match_one_process(tiny_cfg, tmp_path):
     """2 CPU processes (gloo) validate the same weights to the same metrics as 1 process."""
-    common = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "test=false", "logger=csv",
-              "data.dataset.num_samples={train: 16, val: 10, test: 8}", "data.val_batch_size=2"]
+    common = [
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "test=false",
+        "logger=csv",
+        "data.dataset.num_samples={train: 16, val: 10, test: 8}",
+        "data.val_batch_size=2",
+    ]
     ddp = train(tiny_cfg(*common, "trainer=ddp_sim", f"paths.output_dir={tmp_path}/ddp"))
     ckpt = tmp_path / "ddp" / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
@@ -80,14 +94,26 @@ def test_ddp_two_processes_match_one_process(tiny_cfg, tmp_path):
 
 def run_cli(args: list[str], tmp_path: Path, timeout: int = 600, env_extra: dict | None = None):
     env = {**os.environ, "SEGKIT_ROOT": str(tmp_path), "HYDRA_FULL_ERROR": "1", **(env_extra or {})}
-    return subprocess.run([sys.executable, str(ROOT / "src" / "train.py"), *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "src" / "train.py"), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_multirun_over_optimizers(tmp_path):
     shrink = [o.split("=")[0] for o in TINY]  # keep the run folders named by the swept key alone
-    args = ["-m", "optimizer=adam,sgd,rmsprop", "debug=limit", "test=false", *TINY,
-            f"hydra.job.config.override_dirname.exclude_keys=[{','.join(shrink)},debug,test]"]
+    args = [
+        "-m",
+        "optimizer=adam,sgd,rmsprop",
+        "debug=limit",
+        "test=false",
+        *TINY,
+        f"hydra.job.config.override_dirname.exclude_keys=[{','.join(shrink)},debug,test]",
+    ]
     proc = run_cli(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted((tmp_path / "logs" / "train" / "multiruns").glob("*/*optimizer=*"))

@@ -59,8 +59,9 @@ def count_flops(net: nn.Module, shape: Sequence[int], device: torch.device | str
     return int(counter.get_total_flops())
 
 
-def size_and_flops(model_cfg: DictConfig, num_classes: int, in_channels: int, height: int,
-                   width: int) -> tuple[int, int]:
+def size_and_flops(
+    model_cfg: DictConfig, num_classes: int, in_channels: int, height: int, width: int
+) -> tuple[int, int]:
     """Params and FLOPs at batch 1, counted on the meta device; on CPU for nets that cannot run there."""
     shape = (1, in_channels, height, width)
     try:
@@ -81,8 +82,15 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def latency_ms(net: nn.Module, shape: Sequence[int], device: torch.device, precision: str = "fp32",
-               channels_last: bool = False, warmup: int = 5, repeats: int = 20) -> float:
+def latency_ms(
+    net: nn.Module,
+    shape: Sequence[int],
+    device: torch.device,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    warmup: int = 5,
+    repeats: int = 20,
+) -> float:
     """Median wall time of one forward pass of a batch of ``shape``, after ``warmup`` passes."""
     x = torch.randn(*shape, device=device)
     if channels_last:
@@ -106,7 +114,7 @@ class BenchmarkRow:
     model: str
     params: int = 0
     flops: int = 0
-    latency: dict[int, float] = field(default_factory=dict)   # batch size -> ms per batch
+    latency: dict[int, float] = field(default_factory=dict)  # batch size -> ms per batch
     peak_memory_mb: float | None = None
     error: str = ""
 
@@ -114,8 +122,9 @@ class BenchmarkRow:
 def benchmark_model(name: str, cfg: DictConfig, device: torch.device, batch_sizes: Sequence[int]) -> BenchmarkRow:
     model_cfg = model_config(name)
     row = BenchmarkRow(name)
-    row.params, row.flops = size_and_flops(model_cfg, int(cfg.num_classes), int(cfg.in_channels),
-                                           int(cfg.height), int(cfg.width))
+    row.params, row.flops = size_and_flops(
+        model_cfg, int(cfg.num_classes), int(cfg.in_channels), int(cfg.height), int(cfg.width)
+    )
     if cfg.get("flops_only"):
         return row
     net = build_net(model_cfg, int(cfg.num_classes), int(cfg.in_channels), for_weights=True).eval().to(device)
@@ -129,8 +138,15 @@ def benchmark_model(name: str, cfg: DictConfig, device: torch.device, batch_size
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
             shape = (batch, int(cfg.in_channels), int(cfg.height), int(cfg.width))
-            row.latency[batch] = latency_ms(net, shape, device, str(cfg.precision), bool(cfg.get("channels_last")),
-                                            int(cfg.warmup), int(cfg.repeats))
+            row.latency[batch] = latency_ms(
+                net,
+                shape,
+                device,
+                str(cfg.precision),
+                bool(cfg.get("channels_last")),
+                int(cfg.warmup),
+                int(cfg.repeats),
+            )
             if device.type == "cuda":
                 row.peak_memory_mb = torch.cuda.max_memory_allocated(device) / 2**20
     except torch.OutOfMemoryError:
@@ -185,10 +201,16 @@ def benchmark(cfg: DictConfig) -> dict[str, float]:
         where += f" ({torch.cuda.get_device_name(device)})"
     elif device.type == "cpu" and not flops_only:
         where += f" ({torch.get_num_threads()} threads)"
-    header = (f"Input {cfg.height}x{cfg.width}, {cfg.num_classes} classes, {where}"
-              + ("" if flops_only else f", {cfg.precision}, channels_last={bool(cfg.get('channels_last'))}, "
-                 f"torch.compile={bool(cfg.get('compile'))}, median of {cfg.repeats} after {cfg.warmup} warm-up")
-              + ". GFLOPs = 2 x multiply-accumulates at batch 1.\n\n")
+    header = (
+        f"Input {cfg.height}x{cfg.width}, {cfg.num_classes} classes, {where}"
+        + (
+            ""
+            if flops_only
+            else f", {cfg.precision}, channels_last={bool(cfg.get('channels_last'))}, "
+            f"torch.compile={bool(cfg.get('compile'))}, median of {cfg.repeats} after {cfg.warmup} warm-up"
+        )
+        + ". GFLOPs = 2 x multiply-accumulates at batch 1.\n\n"
+    )
     text = header + markdown_table(rows, batch_sizes, flops_only)
     print(text)
     if cfg.get("output"):

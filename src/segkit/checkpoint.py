@@ -42,8 +42,11 @@ class LoadedModel:
 def find_checkpoint(run_dir: Path) -> Path:
     """The best checkpoint of a run directory (``checkpoints/epoch_*.ckpt``, newest first), else ``last.ckpt``."""
     folder = run_dir / "checkpoints"
-    candidates = sorted((p for p in folder.glob("*.ckpt") if p.name != "last.ckpt" and not p.name.startswith("last-")),
-                        key=lambda p: p.stat().st_mtime, reverse=True)
+    candidates = sorted(
+        (p for p in folder.glob("*.ckpt") if p.name != "last.ckpt" and not p.name.startswith("last-")),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
     if not candidates and (folder / "last.ckpt").is_file():
         candidates = [folder / "last.ckpt"]
     if not candidates:
@@ -71,8 +74,9 @@ def resolve_source(ckpt: str | Path | None, run_dir: str | Path | None = None) -
         return ckpt_path, config  # type: ignore[return-value]
     if not path.is_file():
         what = "run_dir" if run_dir else "ckpt"
-        raise SegkitError(f"{what}='{path}' does not exist; point it at a .ckpt file or a run directory "
-                          "(logs/train/runs/<run>)")
+        raise SegkitError(
+            f"{what}='{path}' does not exist; point it at a .ckpt file or a run directory (logs/train/runs/<run>)"
+        )
     return path, None
 
 
@@ -95,13 +99,16 @@ def build_net(model_cfg: Mapping, num_classes: int, in_channels: int = 3, for_we
     cfg.pop("aux_weights", None)
     target = cfg.get("_target_")
     if not target:
-        raise SegkitError("the model config has no _target_; it must name a network class, e.g. "
-                          "segkit.models.nets.unet.UNet")
+        raise SegkitError(
+            "the model config has no _target_; it must name a network class, e.g. segkit.models.nets.unet.UNet"
+        )
     try:
         hydra.utils.get_object(target)
     except Exception as err:
-        raise SegkitError(f"unknown architecture '{target}': no such class in this segkit version "
-                          f"({type(err).__name__}); update segkit or pick a model from conf/model") from err
+        raise SegkitError(
+            f"unknown architecture '{target}': no such class in this segkit version "
+            f"({type(err).__name__}); update segkit or pick a model from conf/model"
+        ) from err
     if for_weights:
         cfg.update({k: None if k == "weights_path" else False for k in ("pretrained", "weights_path") if k in cfg})
     try:
@@ -128,8 +135,9 @@ def _labels(config: Mapping, info: Mapping) -> tuple[tuple[str, ...], tuple[tupl
     return names, palette
 
 
-def load_model(ckpt: str | Path | None = None, run_dir: str | Path | None = None,
-               map_location: str | torch.device = "cpu") -> LoadedModel:
+def load_model(
+    ckpt: str | Path | None = None, run_dir: str | Path | None = None, map_location: str | torch.device = "cpu"
+) -> LoadedModel:
     """The net of a checkpoint (its ``net.*`` weights), built from the model config stored with it.
 
     Errors name the file and say what to do: missing file, not a segkit checkpoint, an architecture this
@@ -147,10 +155,12 @@ def load_model(ckpt: str | Path | None = None, run_dir: str | Path | None = None
     else:
         config = dict(hparams)
     if "state_dict" not in checkpoint or not config.get("model"):
-        raise SegkitError(f"'{path}' is not a segkit checkpoint (no state_dict or no model config in "
-                          "hyper_parameters); use a .ckpt written by src/train.py")
+        raise SegkitError(
+            f"'{path}' is not a segkit checkpoint (no state_dict or no model config in "
+            "hyper_parameters); use a .ckpt written by src/train.py"
+        )
     info = checkpoint.get("segkit") or {}
-    state = {k[len("net."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+    state = {k[len("net.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
     num_classes = int(info.get("num_classes") or _classifier_width(state))
     in_channels = int((config.get("data") or {}).get("in_channels", 3))
     net = build_net(config["model"], num_classes, in_channels, for_weights=True)
@@ -159,8 +169,14 @@ def load_model(ckpt: str | Path | None = None, run_dir: str | Path | None = None
     names, colors = _labels(config, info)
     if len(names) != num_classes:
         raise SegkitError(f"checkpoint '{path}' lists {len(names)} class names for {num_classes} classes")
-    return LoadedModel(net=net.eval().to(map_location), config=config, class_names=names, colors=colors,
-                       ignore_index=int(info.get("ignore_index", 255)), path=path)
+    return LoadedModel(
+        net=net.eval().to(map_location),
+        config=config,
+        class_names=names,
+        colors=colors,
+        ignore_index=int(info.get("ignore_index", 255)),
+        path=path,
+    )
 
 
 def _classifier_width(state: Mapping[str, torch.Tensor]) -> int:
@@ -176,18 +192,26 @@ def check_weights_fit(net: nn.Module, state: Mapping[str, torch.Tensor], path: P
     expected = net.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items()
-             if k in state and state[k].shape != v.shape]
+    wrong = [
+        (k, tuple(state[k].shape), tuple(v.shape))
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if not (missing or unexpected or wrong):
         return
     parts = []
     if wrong:
         k, got, want = wrong[0]
-        parts.append(f"{len(wrong)} weight(s) have other shapes (first: {k} is {got} in the file, {want} in the "
-                     f"net for {num_classes} classes)")
+        parts.append(
+            f"{len(wrong)} weight(s) have other shapes (first: {k} is {got} in the file, {want} in the "
+            f"net for {num_classes} classes)"
+        )
     if missing:
         parts.append(f"{len(missing)} weight(s) missing (first: {missing[0]})")
     if unexpected:
         parts.append(f"{len(unexpected)} unexpected weight(s) (first: {unexpected[0]})")
-    raise SegkitError(f"checkpoint '{path}' does not fit its model config: " + "; ".join(parts)
-                      + ". Was it written by another version of this architecture?")
+    raise SegkitError(
+        f"checkpoint '{path}' does not fit its model config: "
+        + "; ".join(parts)
+        + ". Was it written by another version of this architecture?"
+    )

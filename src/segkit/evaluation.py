@@ -53,7 +53,8 @@ def eval_datamodule(cfg: DictConfig, model: LoadedModel) -> SegmentationDataModu
     if datamodule.num_classes != model.num_classes:
         raise SegkitError(
             f"checkpoint '{model.path}' predicts {model.num_classes} classes but data '{datamodule.name}' has "
-            f"{datamodule.num_classes}; evaluate on the dataset it was trained on or pick a matching data= group")
+            f"{datamodule.num_classes}; evaluate on the dataset it was trained on or pick a matching data= group"
+        )
     return datamodule
 
 
@@ -92,16 +93,20 @@ class PredictionWriter:
         if "train_ids" in self.formats:
             cv2.imwrite(str(self.folder / "train_ids" / f"{name}.png"), pred.astype(np.uint8))
         if "color" in self.formats:
-            cv2.imwrite(str(self.folder / "color" / f"{name}.png"),
-                        cv2.cvtColor(colorize(pred, self.colors), cv2.COLOR_RGB2BGR))
+            cv2.imwrite(
+                str(self.folder / "color" / f"{name}.png"), cv2.cvtColor(colorize(pred, self.colors), cv2.COLOR_RGB2BGR)
+            )
         if "label_ids" in self.formats:
             ids = np.asarray(self.to_label_ids(pred))
-            cv2.imwrite(str(self.folder / "label_ids" / f"{name}.png"),
-                        ids.astype(np.uint16 if ids.max(initial=0) > 255 else np.uint8))
+            cv2.imwrite(
+                str(self.folder / "label_ids" / f"{name}.png"),
+                ids.astype(np.uint16 if ids.max(initial=0) > 255 else np.uint8),
+            )
 
 
 def iou_table(scores: Mapping[str, Any], names: Sequence[str]) -> str:
     """Per-class IoU and accuracy as a markdown table, means last; '-' where a class never occurs."""
+
     def fmt(v: float) -> str:
         return "-" if v is None or math.isnan(v) else f"{100 * v:.2f}"
 
@@ -126,15 +131,20 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     datamodule = eval_datamodule(cfg, model)
     split = str(cfg.get("split", "val"))
     dataset = datamodule.split_dataset(split)
-    loader = DataLoader(dataset, batch_size=int(cfg.get("batch_size") or 1), shuffle=False,
-                        num_workers=int(cfg.get("num_workers") or 0))
+    loader = DataLoader(
+        dataset, batch_size=int(cfg.get("batch_size") or 1), shuffle=False, num_workers=int(cfg.get("num_workers") or 0)
+    )
     mode = hydra.utils.instantiate(cfg.inference) if cfg.get("inference") else WholeImage()
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     writer = None
     if cfg.get("save_predictions"):
-        writer = PredictionWriter(out_dir / "predictions", cfg.get("prediction_formats") or ["train_ids", "color"],
-                                  datamodule.labels, model.colors)
+        writer = PredictionWriter(
+            out_dir / "predictions",
+            cfg.get("prediction_formats") or ["train_ids", "color"],
+            datamodule.labels,
+            model.colors,
+        )
     names = sample_names(dataset, len(dataset))  # type: ignore[arg-type]
     log.info(f"evaluating {model.path} on {datamodule.name}/{split} ({len(names)} images) with {mode!r} on {device}")
 
@@ -144,8 +154,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         try:
             probs = predict_probs(model.net, images.to(device), mode, str(cfg.get("precision", "fp32")))
         except torch.OutOfMemoryError as err:
-            raise SegkitError("out of GPU memory; use inference=slide, a smaller batch_size, or "
-                              "precision=fp16") from err
+            raise SegkitError(
+                "out of GPU memory; use inference=slide, a smaller batch_size, or precision=fp16"
+            ) from err
         preds = probs.argmax(1)
         metrics.update(preds, masks.to(device))
         if writer is not None:
@@ -158,7 +169,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     flat = {f"{split}/{k}": float(scores[k]) for k in ("mIoU", "pixAcc", "mAcc", "fwIoU")}
     flat.update({f"{split}/IoU/{n}": float(v) for n, v in zip(model.class_names, scores["IoU"].tolist(), strict=True)})
     report = {
-        "checkpoint": str(model.path), "data": datamodule.name, "split": split, "images": len(names),
+        "checkpoint": str(model.path),
+        "data": datamodule.name,
+        "split": split,
+        "images": len(names),
         "inference": repr(mode),
         **{k: float(scores[k]) for k in ("mIoU", "pixAcc", "mAcc", "fwIoU")},
         "IoU": {n: _plain(v) for n, v in zip(model.class_names, scores["IoU"].tolist(), strict=True)},
@@ -168,8 +182,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
     (out_dir / "iou.md").write_text(iou_table(scores, model.class_names))
     save_confusion_png(confusion.numpy(), model.class_names, out_dir / "confusion.png")
-    log.info(f"{split}: mIoU={flat[f'{split}/mIoU']:.4f}  pixAcc={flat[f'{split}/pixAcc']:.4f}  "
-             f"mAcc={flat[f'{split}/mAcc']:.4f}  fwIoU={flat[f'{split}/fwIoU']:.4f}")
-    log.info(f"report written to {out_dir} (metrics.json, iou.md, confusion.png"
-             f"{', predictions/' if writer else ''})")
+    log.info(
+        f"{split}: mIoU={flat[f'{split}/mIoU']:.4f}  pixAcc={flat[f'{split}/pixAcc']:.4f}  "
+        f"mAcc={flat[f'{split}/mAcc']:.4f}  fwIoU={flat[f'{split}/fwIoU']:.4f}"
+    )
+    log.info(f"report written to {out_dir} (metrics.json, iou.md, confusion.png{', predictions/' if writer else ''})")
     return flat

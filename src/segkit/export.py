@@ -40,9 +40,9 @@ class LogitsOnly(nn.Module):
 class ExportResult:
     path: Path
     format: str
-    dynamic: str                       # "batch+spatial", "batch" or "fixed"
+    dynamic: str  # "batch+spatial", "batch" or "fixed"
     input_shape: tuple[int, ...]
-    max_abs_diff: dict[str, float] = field(default_factory=dict)   # shape -> largest |export - PyTorch|
+    max_abs_diff: dict[str, float] = field(default_factory=dict)  # shape -> largest |export - PyTorch|
     note: str = ""
 
     def summary(self) -> str:
@@ -97,8 +97,11 @@ def onnx_max_diffs(path: Path, net: nn.Module, shapes: Sequence[Sequence[int]]) 
         except Exception as err:
             out[_fmt(shape)] = f"onnxruntime failed ({type(err).__name__})"
             continue
-        out[_fmt(shape)] = (float(np.abs(got - expected).max()) if got.shape == expected.shape
-                            else f"output {got.shape} instead of {expected.shape}")
+        out[_fmt(shape)] = (
+            float(np.abs(got - expected).max())
+            if got.shape == expected.shape
+            else f"output {got.shape} instead of {expected.shape}"
+        )
     return out, scale
 
 
@@ -137,10 +140,10 @@ def _max_unpool2d_onnx(g, values, indices, output_size):
     nc = g.op("Slice", g.op("Shape", values), const([0]), const([2]))
     plane = g.op("Mul", hw[0], hw[1])
     flat_shape = g.op("Concat", nc, const([-1]), axis_i=0)
-    zeros = g.op("ConstantOfShape", g.op("Concat", nc, plane, axis_i=0),
-                 value_t=torch.zeros(1, dtype=torch.float32))
-    scattered = g.op("ScatterElements", zeros, g.op("Reshape", indices, flat_shape),
-                     g.op("Reshape", values, flat_shape), axis_i=2)
+    zeros = g.op("ConstantOfShape", g.op("Concat", nc, plane, axis_i=0), value_t=torch.zeros(1, dtype=torch.float32))
+    scattered = g.op(
+        "ScatterElements", zeros, g.op("Reshape", indices, flat_shape), g.op("Reshape", values, flat_shape), axis_i=2
+    )
     return g.op("Reshape", scattered, g.op("Concat", nc, hw[0], hw[1], axis_i=0))
 
 
@@ -149,13 +152,28 @@ def _export_onnx_once(model: nn.Module, x: torch.Tensor, path: Path, dynamic: st
     axes = {"batch+spatial": {0: "batch", 2: "height", 3: "width"}, "batch": {0: "batch"}, "fixed": {}}[dynamic]
     with warnings.catch_warnings(), _traceable_unpool():
         warnings.simplefilter("ignore")  # tracer warnings are what the verification step checks for real
-        torch.onnx.export(model, (x,), str(path), input_names=["image"], output_names=["logits"],
-                          dynamic_axes={"image": axes, "logits": axes} if axes else None,
-                          opset_version=opset, do_constant_folding=True, dynamo=False)
+        torch.onnx.export(
+            model,
+            (x,),
+            str(path),
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": axes, "logits": axes} if axes else None,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
 
 
-def export_onnx(net: nn.Module, path: str | Path, shape: Sequence[int] = (1, 3, 512, 512), opset: int = 17,
-                dynamic: str = "batch+spatial", check: bool = True, tolerance: float = 1e-4) -> ExportResult:
+def export_onnx(
+    net: nn.Module,
+    path: str | Path,
+    shape: Sequence[int] = (1, 3, 512, 512),
+    opset: int = 17,
+    dynamic: str = "batch+spatial",
+    check: bool = True,
+    tolerance: float = 1e-4,
+) -> ExportResult:
     """Export ``net`` to ONNX at ``shape`` (B, C, H, W), with the most dynamic axes that verify.
 
     ``dynamic``: the most wanted of ``batch+spatial``, ``batch``, ``fixed``. With ``check``, each candidate is
@@ -170,7 +188,7 @@ def export_onnx(net: nn.Module, path: str | Path, shape: Sequence[int] = (1, 3, 
     if dynamic not in levels:
         raise SegkitError(f"dynamic={dynamic!r}; use one of {levels}")
     failures: list[str] = []
-    for level in levels[levels.index(dynamic):]:
+    for level in levels[levels.index(dynamic) :]:
         try:
             example = torch.randn(*(_odd(shape) if level == "batch+spatial" else shape))
             _export_onnx_once(model, example, path, level, opset)
@@ -192,14 +210,17 @@ def export_onnx(net: nn.Module, path: str | Path, shape: Sequence[int] = (1, 3, 
         result.max_abs_diff = {k: float(v) for k, v in diffs.items()}
         if failures:
             fixed = {"batch": f"spatial size {shape[2]}x{shape[3]}", "fixed": f"shape {_fmt(shape)}"}.get(level)
-            result.note = f"exported with {level} axes: {'; '.join(failures)}" + (f"; feed inputs of {fixed}" if fixed else "")
+            result.note = f"exported with {level} axes: {'; '.join(failures)}" + (
+                f"; feed inputs of {fixed}" if fixed else ""
+            )
         return result
     raise AssertionError("unreachable")
 
 
 @torch.no_grad()
-def export_torchscript(net: nn.Module, path: str | Path, shape: Sequence[int] = (1, 3, 512, 512),
-                       check: bool = True) -> ExportResult:
+def export_torchscript(
+    net: nn.Module, path: str | Path, shape: Sequence[int] = (1, 3, 512, 512), check: bool = True
+) -> ExportResult:
     """``torch.jit.trace`` of the logits; checked at ``shape`` and at a second size (tracing may freeze sizes)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -222,7 +243,7 @@ def export_torchscript(net: nn.Module, path: str | Path, shape: Sequence[int] = 
             diff = float("inf")
             result.note = f"fails at {_fmt(s)}: {type(err).__name__}"
         result.max_abs_diff[_fmt(s)] = diff
-    if result.max_abs_diff[_fmt(_other_shape(shape, 'batch+spatial'))] > 1e-4:
+    if result.max_abs_diff[_fmt(_other_shape(shape, "batch+spatial"))] > 1e-4:
         result.dynamic = "fixed"
         result.note = result.note or f"tracing froze the input size; feed inputs of size {_fmt(shape)[1:]}"
     return result
@@ -259,8 +280,15 @@ def export(cfg) -> dict[str, float]:
         suffix = ".onnx" if fmt == "onnx" else ".pt"
         path = output.with_suffix(suffix) if len(formats) > 1 or not output.suffix else output
         if fmt == "onnx":
-            result = export_onnx(net, path, shape, int(cfg.get("opset", 17)), str(cfg.get("dynamic", "batch+spatial")),
-                                 bool(cfg.get("check", True)), float(cfg.get("tolerance", 1e-4)))
+            result = export_onnx(
+                net,
+                path,
+                shape,
+                int(cfg.get("opset", 17)),
+                str(cfg.get("dynamic", "batch+spatial")),
+                bool(cfg.get("check", True)),
+                float(cfg.get("tolerance", 1e-4)),
+            )
         else:
             result = export_torchscript(net, path, shape, bool(cfg.get("check", True)))
         log.info(result.summary())

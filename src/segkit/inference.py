@@ -79,11 +79,13 @@ class SlidingWindow:
     Used for large images (Cityscapes at 1024x2048) that a net trained on crops should see at full resolution.
     """
 
-    def __init__(self, crop: int | Sequence[int] = 512, stride: int | Sequence[int] | None = None,
-                 batch_size: int = 4) -> None:
+    def __init__(
+        self, crop: int | Sequence[int] = 512, stride: int | Sequence[int] | None = None, batch_size: int = 4
+    ) -> None:
         self.crop = _pair(crop)
-        self.stride = _pair(stride) if stride is not None else (max(1, self.crop[0] * 2 // 3),
-                                                                 max(1, self.crop[1] * 2 // 3))
+        self.stride = (
+            _pair(stride) if stride is not None else (max(1, self.crop[0] * 2 // 3), max(1, self.crop[1] * 2 // 3))
+        )
         if min(self.crop) < 1 or min(self.stride) < 1:
             raise ValueError(f"crop {self.crop} and stride {self.stride} must be positive")
         self.batch_size = max(1, int(batch_size))
@@ -96,14 +98,14 @@ class SlidingWindow:
         counts = torch.zeros(1, 1, h, w, device=images.device)
         per_pass = max(1, self.batch_size // b)
         for i in range(0, len(boxes), per_pass):
-            chunk = boxes[i: i + per_pass]
-            windows = torch.cat([images[..., y: y + ch, x: x + cw] for y, x in chunk])
+            chunk = boxes[i : i + per_pass]
+            windows = torch.cat([images[..., y : y + ch, x : x + cw] for y, x in chunk])
             out = net_logits(net, windows).float().softmax(1)
             if probs is None:
                 probs = torch.zeros(b, out.shape[1], h, w, device=images.device)
             for (y, x), window_probs in zip(chunk, out.split(b), strict=True):
-                probs[..., y: y + ch, x: x + cw] += window_probs
-                counts[..., y: y + ch, x: x + cw] += 1
+                probs[..., y : y + ch, x : x + cw] += window_probs
+                counts[..., y : y + ch, x : x + cw] += 1
         assert probs is not None
         return probs / counts
 
@@ -115,8 +117,12 @@ class MultiScale:
     """Test-time augmentation: ``base`` inference at each scale of the image (and its horizontal mirror when
     ``flip``), probabilities resized back to the input size and averaged. Scale 1 without flip is ``base``."""
 
-    def __init__(self, scales: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip: bool = True,
-                 base: Inference | None = None) -> None:
+    def __init__(
+        self,
+        scales: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75),
+        flip: bool = True,
+        base: Inference | None = None,
+    ) -> None:
         if not scales:
             raise ValueError("MultiScale needs at least one scale")
         self.scales = tuple(float(s) for s in scales)
@@ -144,8 +150,9 @@ class MultiScale:
 
 
 @torch.inference_mode()
-def predict_probs(net: nn.Module, images: torch.Tensor, mode: Inference | None = None,
-                  precision: str = "fp32") -> torch.Tensor:
+def predict_probs(
+    net: nn.Module, images: torch.Tensor, mode: Inference | None = None, precision: str = "fp32"
+) -> torch.Tensor:
     """``mode(net, images)`` in eval mode without gradients, under autocast for ``fp16``/``bf16``."""
     mode = mode or WholeImage()
     net.eval()

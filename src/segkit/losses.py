@@ -233,7 +233,10 @@ class WeightedSumLoss(nn.Module):
         if unknown:
             raise SegkitError(f"loss.weights names {sorted(unknown)}, which are not in loss.losses {sorted(named)}")
         self.losses = nn.ModuleDict(
-            {name: term if isinstance(term, nn.Module) else term(ignore_index=ignore_index) for name, term in named.items()}
+            {
+                name: term if isinstance(term, nn.Module) else term(ignore_index=ignore_index)
+                for name, term in named.items()
+            }
         )
         self.weights = {name: float(weights.get(name, 1.0)) for name in named}
         self.ignore_index = ignore_index

@@ -87,10 +87,15 @@ def param_groups(
         part = "backbone" if id(p) in backbone else "head"
         decays = not (no_decay_norm_bias and id(p) in no_decay)
         name = part if decays else f"{part}_no_decay"
-        group = groups.setdefault(name, {
-            "name": name, "params": [], "lr": lr * (head_lr_mult if part == "head" and backbone else 1.0),
-            "weight_decay": weight_decay if decays else 0.0,
-        })
+        group = groups.setdefault(
+            name,
+            {
+                "name": name,
+                "params": [],
+                "lr": lr * (head_lr_mult if part == "head" and backbone else 1.0),
+                "weight_decay": weight_decay if decays else 0.0,
+            },
+        )
         group["params"].append(p)
     order = ["backbone", "backbone_no_decay", "head", "head_no_decay"]
     return [groups[n] for n in order if n in groups]

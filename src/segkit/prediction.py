@@ -119,8 +119,9 @@ def _batches(files: Sequence[Path], batch_size: int) -> Iterator[list[tuple[Path
         yield batch
 
 
-def predict_video(path: Path, relative: Path, predictor: Predictor, writer: OutputWriter, batch_size: int,
-                  progress: bool) -> None:
+def predict_video(
+    path: Path, relative: Path, predictor: Predictor, writer: OutputWriter, batch_size: int, progress: bool
+) -> None:
     """Frames in batches -> ``<name>_mask.mp4`` and ``<name>_overlay.mp4`` at the video's size and frame rate."""
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
@@ -146,8 +147,9 @@ def predict_video(path: Path, relative: Path, predictor: Predictor, writer: Outp
                 if not outputs:
                     size = (frame.shape[1], frame.shape[0])
                     fourcc = cv2.VideoWriter_fourcc(*"mp4v")
-                    outputs = {kind: cv2.VideoWriter(f"{stem}_{kind}.mp4", fourcc, fps, size)
-                               for kind in ("mask", "overlay")}
+                    outputs = {
+                        kind: cv2.VideoWriter(f"{stem}_{kind}.mp4", fourcc, fps, size) for kind in ("mask", "overlay")
+                    }
                 outputs["mask"].write(cv2.cvtColor(mask, cv2.COLOR_RGB2BGR))
                 outputs["overlay"].write(cv2.cvtColor(blended, cv2.COLOR_RGB2BGR))
             bar.update(len(frames))
@@ -165,14 +167,21 @@ def predict(cfg: DictConfig) -> dict[str, float]:
     device = resolve_device(cfg.get("device"))
     model = load_model(cfg.get("ckpt"), cfg.get("run_dir"), map_location=device)
     if int((model.config.get("data") or {}).get("in_channels", 3)) != 3:
-        raise SegkitError(f"'{model.path}' takes {model.config['data']['in_channels']}-channel inputs; "
-                          "predict reads RGB images only (use src/eval.py with its data config)")
+        raise SegkitError(
+            f"'{model.path}' takes {model.config['data']['in_channels']}-channel inputs; "
+            "predict reads RGB images only (use src/eval.py with its data config)"
+        )
     files, base = collect_inputs(str(cfg.input))
     mode = hydra.utils.instantiate(cfg.inference) if cfg.get("inference") else WholeImage()
     predictor = Predictor(model, mode, device, str(cfg.get("precision", "fp32")))
     out_dir = Path(str(cfg.output)).expanduser()
-    writer = OutputWriter(out_dir, model, float(cfg.get("alpha", 0.5)), str(cfg.get("legend", "present")),
-                          bool(cfg.get("save_ids", False)))
+    writer = OutputWriter(
+        out_dir,
+        model,
+        float(cfg.get("alpha", 0.5)),
+        str(cfg.get("legend", "present")),
+        bool(cfg.get("save_ids", False)),
+    )
     batch_size = max(1, int(cfg.get("batch_size") or 1))
     progress = bool(cfg.get("progress", True))
     images = [f for f in files if f.suffix.lower() not in VIDEO_SUFFIXES]

@@ -86,8 +86,10 @@ def resolve_sync_batchnorm(trainer_cfg: DictConfig) -> bool:
     if count <= 1:
         return False
     if not on_gpu:
-        log.warning(f"trainer.sync_batchnorm: SyncBatchNorm needs GPU modules; the {count} CPU processes keep "
-                    "per-process BatchNorm statistics")
+        log.warning(
+            f"trainer.sync_batchnorm: SyncBatchNorm needs GPU modules; the {count} CPU processes keep "
+            "per-process BatchNorm statistics"
+        )
         return False
     return True
 
@@ -124,8 +126,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def _report(metrics: dict, best: str, optimized: str | None) -> None:
-    keys = [k for k in ("val/mIoU", "val/pixAcc", "val/mAcc", "val/fwIoU", "val/loss",
-                        "test/mIoU", "test/pixAcc", "test/mAcc", "test/fwIoU") if k in metrics]
+    keys = [
+        k
+        for k in (
+            "val/mIoU",
+            "val/pixAcc",
+            "val/mAcc",
+            "val/fwIoU",
+            "val/loss",
+            "test/mIoU",
+            "test/pixAcc",
+            "test/mAcc",
+            "test/fwIoU",
+        )
+        if k in metrics
+    ]
     log.info("final metrics: " + "  ".join(f"{k}={metrics[k]:.4f}" for k in keys))
     log.info(f"best checkpoint: {best or '(none saved)'}")
     if optimized and optimized not in metrics:

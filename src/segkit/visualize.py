@@ -62,8 +62,16 @@ def draw_legend(
             break
         color = tuple(int(v) for v in colors[c])
         cv2.rectangle(out, (4, y), (4 + swatch, y + swatch), color, thickness=-1)
-        cv2.putText(out, names[c], (10 + swatch, y + swatch - 2), font, 0.5 * scale * 1.6, (255, 255, 255),
-                    thickness, cv2.LINE_AA)
+        cv2.putText(
+            out,
+            names[c],
+            (10 + swatch, y + swatch - 2),
+            font,
+            0.5 * scale * 1.6,
+            (255, 255, 255),
+            thickness,
+            cv2.LINE_AA,
+        )
     return out
 
 
@@ -95,8 +103,15 @@ def confusion_figure(confusion: np.ndarray, names: Sequence[str], normalize: boo
             for p in range(k):
                 value = matrix[t, p]
                 if value >= 0.005:
-                    ax.text(p, t, f"{value:.2f}" if normalize else f"{int(value)}", ha="center", va="center",
-                            fontsize=7, color="white" if value > 0.5 * (matrix.max() or 1) else "black")
+                    ax.text(
+                        p,
+                        t,
+                        f"{value:.2f}" if normalize else f"{int(value)}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if value > 0.5 * (matrix.max() or 1) else "black",
+                    )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
     return fig

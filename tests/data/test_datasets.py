@@ -34,9 +34,13 @@ def test_cityscapes_label_ids_and_precomputed_train_ids(tmp_path):
 
 def test_cityscapes_coarse_and_missing_split_print_the_layout(tmp_path):
     root = trees.cityscapes_tree(tmp_path)
-    with pytest.raises(SegkitError, match=r"(?s)Cityscapes split 'test' .* does not exist.*Expected layout:.*leftImg8bit"):
+    with pytest.raises(
+        SegkitError, match=r"(?s)Cityscapes split 'test' .* does not exist.*Expected layout:.*leftImg8bit"
+    ):
         Cityscapes(root, "test", load_table("cityscapes_19"))
-    with pytest.raises(SegkitError, match=r"2 listed file\(s\) are missing \(2 mask\(s\), 0 image\(s\)\); first: .*gtCoarse"):
+    with pytest.raises(
+        SegkitError, match=r"2 listed file\(s\) are missing \(2 mask\(s\), 0 image\(s\)\); first: .*gtCoarse"
+    ):
         Cityscapes(root, "train", load_table("cityscapes_19"), mode="coarse")
 
 
@@ -103,16 +107,25 @@ def test_folder_with_rgb_masks_split_by_ratio_or_lists(tmp_path):
     (root / "train.txt").write_text("frame_4\nframe_0.jpg\n")
     assert [p[0].stem for p in ImageMaskFolder("train", table, root=root).pairs] == ["frame_4", "frame_0"]
     ids_root = trees.folder_tree(tmp_path / "ids", n=2, rgb=False)
-    ids = ImageMaskFolder("train", load_table({"classes": [{"name": "a"}, {"name": "b"}, {"name": "c"}]}),
-                          root=ids_root, ratios={"train": 1.0})
+    ids = ImageMaskFolder(
+        "train",
+        load_table({"classes": [{"name": "a"}, {"name": "b"}, {"name": "c"}]}),
+        root=ids_root,
+        ratios={"train": 1.0},
+    )
     assert set(np.unique(ids[0][1]).tolist()) == {0, 1, 2}
 
 
 # --- bad input -----------------------------------------------------------------------------------------------------
 
+
 def test_missing_root_prints_the_expected_layout(tmp_path):
-    for cls, args, marker in [(Cityscapes, (), "leftImg8bit"), (ADE20K, (), "annotations"),
-                              (VOCSegmentation, (), "JPEGImages"), (SUNRGBD, (), "label37")]:
+    for cls, args, marker in [
+        (Cityscapes, (), "leftImg8bit"),
+        (ADE20K, (), "annotations"),
+        (VOCSegmentation, (), "JPEGImages"),
+        (SUNRGBD, (), "label37"),
+    ]:
         with pytest.raises(SegkitError, match=rf"(?s)'{tmp_path / 'nope'}' does not exist.*Expected layout:.*{marker}"):
             cls(tmp_path / "nope", "train", load_table("voc"), *args)
     with pytest.raises(SegkitError, match=r"(?s)images.*does not exist.*Expected layout:.*masks/"):
@@ -148,8 +161,9 @@ def test_unknown_mask_value_names_file_and_value_or_warns_once(tmp_path, caplog)
 def test_unreadable_image_names_the_file(tmp_path):
     root = trees.folder_tree(tmp_path, n=2, rgb=False)
     (root / "images" / "frame_1.jpg").write_bytes(b"not a jpeg")
-    dataset = ImageMaskFolder("train", load_table({"classes": [{"name": n} for n in "abc"]}), root=root,
-                              ratios={"train": 1.0})
+    dataset = ImageMaskFolder(
+        "train", load_table({"classes": [{"name": n} for n in "abc"]}), root=root, ratios={"train": 1.0}
+    )
     with pytest.raises(SegkitError, match=r"cannot read image '.*frame_1.jpg'"):
         dataset[1]
 
@@ -159,8 +173,9 @@ def test_errors_in_loader_workers_keep_the_message(tmp_path):
 
     root = trees.folder_tree(tmp_path, n=2, rgb=False)
     (root / "images" / "frame_0.jpg").write_bytes(b"")
-    dataset = ImageMaskFolder("train", load_table({"classes": [{"name": n} for n in "abc"]}), root=root,
-                              ratios={"train": 1.0})
+    dataset = ImageMaskFolder(
+        "train", load_table({"classes": [{"name": n} for n in "abc"]}), root=root, ratios={"train": 1.0}
+    )
     loader = torch.utils.data.DataLoader(TransformedDataset(dataset, eval_transforms()), batch_size=1, num_workers=1)
     with pytest.raises(SegkitError, match=r"cannot read image '.*frame_0.jpg'"):
         next(iter(loader))

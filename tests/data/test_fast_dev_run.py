@@ -11,10 +11,17 @@ from tests.data import trees
 
 # TINY without its synthetic-only keys, plus small crops for the 16x24 fixture images.
 SMALL = [
-    "data.batch_size=2", "data.val_batch_size=1", "data.num_workers=0",
+    "data.batch_size=2",
+    "data.val_batch_size=1",
+    "data.num_workers=0",
     "data.train_transform.crop_size=[16,16]",
-    "trainer.accelerator=cpu", "trainer.enable_model_summary=false", "callbacks.progress_bar=null",
-    "extras.print_config=false", "debug=fdr", "model=unet_small", "model.base_width=4",
+    "trainer.accelerator=cpu",
+    "trainer.enable_model_summary=false",
+    "callbacks.progress_bar=null",
+    "extras.print_config=false",
+    "debug=fdr",
+    "model=unet_small",
+    "model.base_width=4",
 ]
 
 
@@ -25,12 +32,15 @@ def run(tmp_path, *overrides: str) -> dict:
     return metrics
 
 
-@pytest.mark.parametrize("name,make,extra", [
-    ("camvid", trees.camvid_tree, []),
-    ("cityscapes", trees.cityscapes_tree, ["data/labels=cityscapes_categories"]),
-    ("ade20k", trees.ade20k_tree, ["data.reduce_zero_label=false"]),
-    ("voc", trees.voc_tree, ["data/train_transform=resized_crop_flip", "data.train_transform.crop_size=[16,16]"]),
-])
+@pytest.mark.parametrize(
+    "name,make,extra",
+    [
+        ("camvid", trees.camvid_tree, []),
+        ("cityscapes", trees.cityscapes_tree, ["data/labels=cityscapes_categories"]),
+        ("ade20k", trees.ade20k_tree, ["data.reduce_zero_label=false"]),
+        ("voc", trees.voc_tree, ["data/train_transform=resized_crop_flip", "data.train_transform.crop_size=[16,16]"]),
+    ],
+)
 def test_dataset_trains_one_batch(name, make, extra, tmp_path):
     root = make(tmp_path / name)
     run(tmp_path, f"data={name}", f"data.root={root}", *extra)
@@ -56,6 +66,12 @@ def test_folder_with_own_table_file_trains(tmp_path, monkeypatch):
     monkeypatch.setenv("SEGKIT_CACHE_DIR", str(tmp_path / "cache"))
     root = trees.folder_tree(tmp_path / "folder", n=5)
     table = trees.folder_table(tmp_path / "my_rgb.yaml")
-    run(tmp_path, "data=folder", f"data.root={root}", f"data.labels={table}", "loss.class_weights=enet",
-        "data.dataset.split_seed=1")
+    run(
+        tmp_path,
+        "data=folder",
+        f"data.root={root}",
+        f"data.labels={table}",
+        "loss.class_weights=enet",
+        "data.dataset.split_seed=1",
+    )
     assert list((tmp_path / "cache" / "class_counts").glob("folder-my_rgb-*.json"))

@@ -13,12 +13,40 @@ from segkit.data.labels import LabelTable, load_table
 
 # The official cityscapesScripts table, written out independently of the package: labelId -> (trainId, categoryId).
 OFFICIAL = {
-    0: (255, 0), 1: (255, 0), 2: (255, 0), 3: (255, 0), 4: (255, 0), 5: (255, 0), 6: (255, 0),
-    7: (0, 1), 8: (1, 1), 9: (255, 1), 10: (255, 1),
-    11: (2, 2), 12: (3, 2), 13: (4, 2), 14: (255, 2), 15: (255, 2), 16: (255, 2),
-    17: (5, 3), 18: (255, 3), 19: (6, 3), 20: (7, 3),
-    21: (8, 4), 22: (9, 4), 23: (10, 5), 24: (11, 6), 25: (12, 6),
-    26: (13, 7), 27: (14, 7), 28: (15, 7), 29: (255, 7), 30: (255, 7), 31: (16, 7), 32: (17, 7), 33: (18, 7),
+    0: (255, 0),
+    1: (255, 0),
+    2: (255, 0),
+    3: (255, 0),
+    4: (255, 0),
+    5: (255, 0),
+    6: (255, 0),
+    7: (0, 1),
+    8: (1, 1),
+    9: (255, 1),
+    10: (255, 1),
+    11: (2, 2),
+    12: (3, 2),
+    13: (4, 2),
+    14: (255, 2),
+    15: (255, 2),
+    16: (255, 2),
+    17: (5, 3),
+    18: (255, 3),
+    19: (6, 3),
+    20: (7, 3),
+    21: (8, 4),
+    22: (9, 4),
+    23: (10, 5),
+    24: (11, 6),
+    25: (12, 6),
+    26: (13, 7),
+    27: (14, 7),
+    28: (15, 7),
+    29: (255, 7),
+    30: (255, 7),
+    31: (16, 7),
+    32: (17, 7),
+    33: (18, 7),
 }
 ALL_IDS = np.arange(34, dtype=np.uint8)[None, :]
 VEHICLE = ["car", "truck", "bus", "train", "motorcycle", "bicycle", "caravan", "trailer"]
@@ -48,10 +76,15 @@ def test_person_vs_rest_table():
 
 
 def test_categories_table_equals_cityscapes_19_merged_by_name():
-    merge = {"flat": ["road", "sidewalk", "parking", "rail_track"],
-             "construction": ["building", "wall", "fence", "guard_rail", "bridge", "tunnel"],
-             "object": ["pole", "polegroup", "traffic_light", "traffic_sign"], "nature": ["vegetation", "terrain"],
-             "sky": ["sky"], "human": ["person", "rider"], "vehicle": VEHICLE}
+    merge = {
+        "flat": ["road", "sidewalk", "parking", "rail_track"],
+        "construction": ["building", "wall", "fence", "guard_rail", "bridge", "tunnel"],
+        "object": ["pole", "polegroup", "traffic_light", "traffic_sign"],
+        "nature": ["vegetation", "terrain"],
+        "sky": ["sky"],
+        "human": ["person", "rider"],
+        "vehicle": VEHICLE,
+    }
     merged = load_table({"base": "cityscapes_19", "merge": merge})
     categories = load_table("cityscapes_categories")
     assert merged.names == categories.names
@@ -82,8 +115,9 @@ def test_merge_errors_name_the_culprit():
     with pytest.raises(SegkitError, match="source id 26 is claimed by both 'car' and 'van'"):
         LabelTable.from_config({"classes": [{"name": "car", "ids": [26]}, {"name": "van", "ids": [26, 27]}]})
     with pytest.raises(SegkitError, match=r"source colour \(1, 2, 3\) is claimed by both 'a' and 'b'"):
-        LabelTable.from_config({"classes": [{"name": "a", "source_colors": [[1, 2, 3]]},
-                                            {"name": "b", "source_colors": [[1, 2, 3]]}]})
+        LabelTable.from_config(
+            {"classes": [{"name": "a", "source_colors": [[1, 2, 3]]}, {"name": "b", "source_colors": [[1, 2, 3]]}]}
+        )
 
 
 def test_ade20k_zero_label_reduced_or_kept():
@@ -97,14 +131,26 @@ def test_ade20k_zero_label_reduced_or_kept():
 
 def test_voc_and_sunrgbd_tables():
     voc = load_table("voc")
-    assert voc.num_classes == 21 and voc.colors[1] == (128, 0, 0) and voc.remap(np.array([[255, 20]])).tolist() == [[255, 20]]
+    assert (
+        voc.num_classes == 21
+        and voc.colors[1] == (128, 0, 0)
+        and voc.remap(np.array([[255, 20]])).tolist() == [[255, 20]]
+    )
     sun = load_table("sunrgbd")
     assert sun.num_classes == 37 and sun.remap(np.array([[0, 1, 37]], np.uint8)).tolist() == [[255, 0, 36]]
 
 
 def test_rgb_source_colours_decode_and_unknown_colour_is_named():
-    table = LabelTable.from_config({"name": "rgb", "ignore_colors": [[255, 255, 255]], "classes": [
-        {"name": "bg", "source_colors": [[0, 0, 0]]}, {"name": "road", "source_colors": [[128, 64, 128], [1, 1, 1]]}]})
+    table = LabelTable.from_config(
+        {
+            "name": "rgb",
+            "ignore_colors": [[255, 255, 255]],
+            "classes": [
+                {"name": "bg", "source_colors": [[0, 0, 0]]},
+                {"name": "road", "source_colors": [[128, 64, 128], [1, 1, 1]]},
+            ],
+        }
+    )
     rgb = np.array([[[0, 0, 0], [128, 64, 128], [1, 1, 1], [255, 255, 255]]], np.uint8)
     assert table.remap(rgb).tolist() == [[0, 1, 1, 255]]
     with pytest.raises(SegkitError, match=r"m.png: mask colour\(s\) \[\(9, 9, 9\)\] are not in label table 'rgb'"):
@@ -118,7 +164,9 @@ def test_unknown_ids_ignored_with_one_warning(caplog):
         table.remap(np.array([[78]], np.uint8), source="b.png")
     warnings = [r.getMessage() for r in caplog.records if "not in label table" in r.getMessage()]
     assert len(warnings) == 1 and "a.png" in warnings[0] and "[77]" in warnings[0]
-    with pytest.raises(SegkitError, match=r"c.png: mask value\(s\) \[77\] are not in label table 'voc'.*unknown_ids=ignore"):
+    with pytest.raises(
+        SegkitError, match=r"c.png: mask value\(s\) \[77\] are not in label table 'voc'.*unknown_ids=ignore"
+    ):
         load_table("voc").remap(np.array([[77]], np.uint8), source="c.png")
 
 

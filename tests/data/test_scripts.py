@@ -16,7 +16,12 @@ def test_dataset_stats_prints_images_sizes_and_shares(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "images: 2" in out and "24x16: 2" in out and "ignored pixels: 12.50%" in out  # 2 border rows of 16
     shares = {line.split()[1]: float(line.split()[3]) for line in out.splitlines() if line[:3].strip().isdigit()}
-    assert len(shares) == 21 and abs(sum(shares.values()) - 100) < 0.1 and shares["aeroplane"] == 0 and shares["person"] > 0
+    assert (
+        len(shares) == 21
+        and abs(sum(shares.values()) - 100) < 0.1
+        and shares["aeroplane"] == 0
+        and shares["person"] > 0
+    )
 
 
 def test_missing_root_is_reported_not_raised(tmp_path, capsys):

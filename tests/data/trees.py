@@ -18,7 +18,7 @@ def _ids(rng: np.random.Generator, values: list[int]) -> np.ndarray:
     """A mask of vertical bands, so every value appears and nearest-neighbour resizing keeps them."""
     mask = np.zeros((H, W), dtype=np.uint8)
     for k, v in enumerate(values):
-        mask[:, k * W // len(values): (k + 1) * W // len(values)] = v
+        mask[:, k * W // len(values) : (k + 1) * W // len(values)] = v
     return np.roll(mask, int(rng.integers(0, W)), axis=1)
 
 
@@ -106,8 +106,10 @@ def sbd_tree(root: Path, train: list[str], val: list[str]) -> Path:
         _write(root / "img" / f"{name}.jpg", _image(rng))
         (root / "cls").mkdir(parents=True, exist_ok=True)
         seg = _ids(rng, [0, 7, 12])
-        savemat(root / "cls" / f"{name}.mat", {"GTcls": {"Segmentation": seg, "Boundaries": np.zeros(1),
-                                                        "CategoriesPresent": np.array([7, 12])}})
+        savemat(
+            root / "cls" / f"{name}.mat",
+            {"GTcls": {"Segmentation": seg, "Boundaries": np.zeros(1), "CategoriesPresent": np.array([7, 12])}},
+        )
     (root / "train.txt").write_text("\n".join(train) + "\n")
     (root / "val.txt").write_text("\n".join(val) + "\n")
     return root

@@ -10,8 +10,14 @@ from torch import nn
 from segkit import SegkitError
 from segkit.models import backbones
 from segkit.models.backbones import (
-    DenseNetBackbone, ResNetBackbone, VGGBackbone, adapt_first_conv, build_backbone, replace_first_conv,
-    torchvision_model, vgg_features,
+    DenseNetBackbone,
+    ResNetBackbone,
+    VGGBackbone,
+    adapt_first_conv,
+    build_backbone,
+    replace_first_conv,
+    torchvision_model,
+    vgg_features,
 )
 
 
@@ -37,8 +43,9 @@ def test_densenet_features():
     assert [64 // s[1] for s in shapes] == net.strides == [4, 8, 16, 32]
 
 
-@pytest.mark.parametrize("arch, channels", [("densenet169", [256, 512, 1280, 1664]),
-                                            ("densenet201", [256, 512, 1792, 1920])])
+@pytest.mark.parametrize(
+    "arch, channels", [("densenet169", [256, 512, 1280, 1664]), ("densenet201", [256, 512, 1792, 1920])]
+)
 def test_densenet_channels(arch, channels):
     with torch.device("meta"):
         assert DenseNetBackbone(arch).channels == channels
@@ -101,8 +108,11 @@ def test_resnet_weights_path_keeps_rgb_filters(resnet18_file):
 def test_densenet_loads_legacy_checkpoint_keys(tmp_path):
     """torchvision's published DenseNet files name dense-layer parts 'norm.1', 'conv.2': they still load."""
     state = torchvision.models.densenet121().state_dict()
-    legacy = {k.replace("norm1", "norm.1").replace("conv2", "conv.2"): v for k, v in state.items()
-              if not k.endswith("num_batches_tracked")}
+    legacy = {
+        k.replace("norm1", "norm.1").replace("conv2", "conv.2"): v
+        for k, v in state.items()
+        if not k.endswith("num_batches_tracked")
+    }
     assert legacy.keys() != state.keys()
     torch.save(legacy, tmp_path / "densenet121.pth")
     net = DenseNetBackbone("densenet121", weights_path=str(tmp_path / "densenet121.pth"))

@@ -26,10 +26,20 @@ from tests.conftest import CONF_DIR, compose_config
 from tests.models.zoo_checks import check_learns, check_output_shapes, count_params, main_output
 
 CONFIGS = [
-    "fcn8_resnet50", "fcn8_resnet101", "fcn8_densenet121", "segnet",
-    "pspnet_resnet50", "pspnet_resnet101",
-    "deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3plus_resnet50", "deeplabv3plus_resnet101",
-    "tv_fcn_resnet50", "tv_deeplabv3_resnet50", "tv_deeplabv3_mobilenet_v3_large", "tv_lraspp_mobilenet_v3_large",
+    "fcn8_resnet50",
+    "fcn8_resnet101",
+    "fcn8_densenet121",
+    "segnet",
+    "pspnet_resnet50",
+    "pspnet_resnet101",
+    "deeplabv3_resnet50",
+    "deeplabv3_resnet101",
+    "deeplabv3plus_resnet50",
+    "deeplabv3plus_resnet101",
+    "tv_fcn_resnet50",
+    "tv_deeplabv3_resnet50",
+    "tv_deeplabv3_mobilenet_v3_large",
+    "tv_lraspp_mobilenet_v3_large",
 ]
 CHECKED = [name for name in CONFIGS if not name.endswith("resnet101")]
 
@@ -183,21 +193,26 @@ def test_fcn_weights_path_loads_backbone(resnet50_file):
 def test_torchvision_wrapper_loads_checkpoint_with_other_class_count(tmp_path):
     """A saved 21-class torchvision LRASPP loads into a 5-class wrapper: all but the class layers."""
     path = tmp_path / "lraspp.pth"
-    source = torchvision.models.get_model("lraspp_mobilenet_v3_large", weights=None, weights_backbone=None,
-                                          num_classes=21)
+    source = torchvision.models.get_model(
+        "lraspp_mobilenet_v3_large", weights=None, weights_backbone=None, num_classes=21
+    )
     torch.save(source.state_dict(), path)
-    net = TorchvisionSegmentation(num_classes=5, in_channels=4, arch="lraspp_mobilenet_v3_large",
-                                  weights_path=str(path))
+    net = TorchvisionSegmentation(
+        num_classes=5, in_channels=4, arch="lraspp_mobilenet_v3_large", weights_path=str(path)
+    )
     assert torch.equal(net.model.classifier.cbr[0].weight, source.classifier.cbr[0].weight)
     first = net.model.backbone["0"][0].weight
     assert first.shape[1] == 4 and torch.equal(first[:, :3], source.backbone["0"][0].weight)
     assert net.model.classifier.low_classifier.out_channels == 5
 
 
-@pytest.mark.parametrize("make", [
-    partial(FCN, backbone="resnet50"),
-    partial(TorchvisionSegmentation, arch="lraspp_mobilenet_v3_large"),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        partial(FCN, backbone="resnet50"),
+        partial(TorchvisionSegmentation, arch="lraspp_mobilenet_v3_large"),
+    ],
+)
 def test_missing_weights_file_is_a_clear_error(make, tmp_path):
     with pytest.raises(SegkitError, match=r"not found; fix model\.weights_path"):
         make(num_classes=3, weights_path=str(tmp_path / "missing.pth"))

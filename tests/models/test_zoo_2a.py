@@ -15,8 +15,16 @@ from segkit.models.nets.linknet import LinkNet
 from segkit.models.nets.unetpp import UNetPlusPlus
 from tests.models.zoo_checks import check_learns, check_output_shapes, count_params
 
-CONFIGS = ["enet", "linknet_resnet18", "linknet_resnet34", "fcdensenet56", "fcdensenet67", "fcdensenet103",
-           "drn_c_26", "unetpp"]
+CONFIGS = [
+    "enet",
+    "linknet_resnet18",
+    "linknet_resnet34",
+    "fcdensenet56",
+    "fcdensenet67",
+    "fcdensenet103",
+    "drn_c_26",
+    "unetpp",
+]
 
 DRN_NARROW = (4, 8, 16, 16, 32, 32, 32, 32)
 

@@ -13,8 +13,13 @@ def main_output(out: torch.Tensor | Mapping[str, torch.Tensor]) -> torch.Tensor:
     return out["out"] if isinstance(out, Mapping) else out
 
 
-def check_output_shapes(make_net: Callable[..., nn.Module], sizes=((97, 131), (64, 64)), in_channels=(3, 4),
-                        num_classes: int = 5, batch: int = 2) -> None:
+def check_output_shapes(
+    make_net: Callable[..., nn.Module],
+    sizes=((97, 131), (64, 64)),
+    in_channels=(3, 4),
+    num_classes: int = 5,
+    batch: int = 2,
+) -> None:
     """B x K x H x W out for odd and even sizes, RGB and RGB-D, in train mode (aux heads on) and eval mode."""
     for cin in in_channels:
         net = make_net(num_classes=num_classes, in_channels=cin)
@@ -48,8 +53,15 @@ def fixed_batch(num_classes: int = 4, size: int = 64, batch: int = 2, in_channel
     return image, mask
 
 
-def check_learns(net: nn.Module, steps: int = 25, lr: float = 1e-3, num_classes: int = 4, size: int = 64,
-                 aux_weights: Mapping[str, float] | None = None, factor: float = 0.5) -> tuple[float, float]:
+def check_learns(
+    net: nn.Module,
+    steps: int = 25,
+    lr: float = 1e-3,
+    num_classes: int = 4,
+    size: int = 64,
+    aux_weights: Mapping[str, float] | None = None,
+    factor: float = 0.5,
+) -> tuple[float, float]:
     """``steps`` Adam steps on one fixed batch cut the main loss to at most ``factor`` of its start."""
     torch.manual_seed(0)
     image, mask = fixed_batch(num_classes, size)

@@ -37,8 +37,12 @@ def plot_curves(csv_path: str | Path, png_path: str | Path) -> Path:
 
     curves = read_epoch_curves(csv_path)
     fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
-    for key, ax in (("train/loss_epoch", ax_loss), ("val/loss", ax_loss), ("val/mIoU", ax_score),
-                    ("val/pixAcc", ax_score)):
+    for key, ax in (
+        ("train/loss_epoch", ax_loss),
+        ("val/loss", ax_loss),
+        ("val/mIoU", ax_score),
+        ("val/pixAcc", ax_score),
+    ):
         if curves[key]:
             epochs, values = zip(*curves[key], strict=True)
             ax.plot(epochs, values, marker="o", markersize=3, label=key.replace("_epoch", ""))

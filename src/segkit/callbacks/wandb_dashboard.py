@@ -19,14 +19,14 @@ MAX_TAG_LENGTH = 64  # W&B's limit
 UNTAGGED_OVERRIDES = ("paths.", "hydra.", "extras.", "callbacks.progress_bar", "trainer.enable_")
 
 
-def wandb_logger(group: str | None = None, tags: Sequence[str] | None = None, name: str | None = None,
-                 **kwargs: Any) -> WandbLogger:
+def wandb_logger(
+    group: str | None = None, tags: Sequence[str] | None = None, name: str | None = None, **kwargs: Any
+) -> WandbLogger:
     """``WandbLogger`` with ``group``/``tags``/``name`` filled from the Hydra run when not given: in a multirun,
     the group is the sweep (its directory name) and the name the job's overrides; tags are the overrides."""
     labels = hydra_run_labels()
     tags = list(tags or []) + [t for t in labels.get("tags", []) if t not in (tags or [])]
-    return WandbLogger(group=group or labels.get("group"), tags=tags or None, name=name or labels.get("name"),
-                       **kwargs)
+    return WandbLogger(group=group or labels.get("group"), tags=tags or None, name=name or labels.get("name"), **kwargs)
 
 
 def hydra_run_labels() -> dict[str, Any]:
@@ -62,8 +62,14 @@ class WandbDashboard(Callback):
     can be compared over training.
     """
 
-    def __init__(self, num_images: int = 8, iou_table: bool = True, confusion_matrix: bool = True,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+    def __init__(
+        self,
+        num_images: int = 8,
+        iou_table: bool = True,
+        confusion_matrix: bool = True,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
         self.num_images, self.iou_table, self.confusion_matrix = num_images, iou_table, confusion_matrix
         self.mean, self.std = np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
         self._examples: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -78,8 +84,15 @@ class WandbDashboard(Callback):
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._examples = []
 
-    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-                                batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         missing = self.num_images - len(self._examples)
         if missing <= 0 or not trainer.is_global_zero or not self._active(trainer):
             return
@@ -112,8 +125,10 @@ class WandbDashboard(Callback):
         payload: dict[str, Any] = {}
         if self.iou_table:
             scores = scores_from_confusion(confusion)
-            rows = [[name, _finite(iou), _finite(acc)] for name, iou, acc in
-                    zip(names, scores["IoU"].tolist(), scores["Acc"].tolist(), strict=True)]
+            rows = [
+                [name, _finite(iou), _finite(acc)]
+                for name, iou, acc in zip(names, scores["IoU"].tolist(), scores["Acc"].tolist(), strict=True)
+            ]
             payload["val/iou_table"] = wandb.Table(columns=["class", "IoU", "accuracy"], data=rows)
         if self.confusion_matrix:
             import matplotlib.pyplot as plt
@@ -136,10 +151,16 @@ class WandbDashboard(Callback):
         examples, panels = [], []
         colors = _class_colors(trainer, len(names))
         for i, (image, mask, pred) in enumerate(self._examples):
-            examples.append(wandb.Image(image, caption=f"val #{i}", masks={
-                "ground_truth": {"mask_data": mask.astype(np.int64), "class_labels": labels},
-                "prediction": {"mask_data": pred.astype(np.int64), "class_labels": labels},
-            }))
+            examples.append(
+                wandb.Image(
+                    image,
+                    caption=f"val #{i}",
+                    masks={
+                        "ground_truth": {"mask_data": mask.astype(np.int64), "class_labels": labels},
+                        "prediction": {"mask_data": pred.astype(np.int64), "class_labels": labels},
+                    },
+                )
+            )
             if colors is not None:
                 from segkit.visualize import colorize
 

@@ -88,14 +88,27 @@ def cached_counts(dataset: Dataset, labels: LabelTable, key: str, cache_dir: str
     path = directory / "class_counts" / f"{_slug(key)}-{labels.name}-{digest}.json"
     if path.is_file():
         data = json.loads(path.read_text())
-        return ClassCounts(np.array(data["pixels"], dtype=np.int64), np.array(data["image_pixels"], dtype=np.int64),
-                           int(data["images"]))
+        return ClassCounts(
+            np.array(data["pixels"], dtype=np.int64),
+            np.array(data["image_pixels"], dtype=np.int64),
+            int(data["images"]),
+        )
     counts = count_pixels(dataset, labels.num_classes, labels.ignore_index)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"key": key, "table": labels.name, "classes": list(labels.names),
-                                    "pixels": counts.pixels.tolist(), "image_pixels": counts.image_pixels.tolist(),
-                                    "images": counts.images}, indent=1))
+        path.write_text(
+            json.dumps(
+                {
+                    "key": key,
+                    "table": labels.name,
+                    "classes": list(labels.names),
+                    "pixels": counts.pixels.tolist(),
+                    "image_pixels": counts.image_pixels.tolist(),
+                    "images": counts.images,
+                },
+                indent=1,
+            )
+        )
     except OSError as e:
         log.warning(f"class weights: could not write the cache '{path}' ({e}); they will be counted again next run")
     return counts
@@ -109,8 +122,10 @@ def class_weights(datamodule, method: str, cache_dir: str | Path | None = None) 
     key = f"{datamodule.name}|{datamodule.root}|{split}"
     counts = cached_counts(datamodule.raw_dataset("train"), datamodule.labels, key, cache_dir)
     weights = weights_from_counts(counts, method)
-    log.info(f"class weights ({method}, {counts.images} train images): "
-             + ", ".join(f"{n}={w:.3f}" for n, w in zip(datamodule.class_names, weights, strict=True)))
+    log.info(
+        f"class weights ({method}, {counts.images} train images): "
+        + ", ".join(f"{n}={w:.3f}" for n, w in zip(datamodule.class_names, weights, strict=True))
+    )
     return [float(w) for w in weights]
 
 

@@ -84,8 +84,10 @@ class SegmentationDataModule(LightningDataModule):
         if in_channels is None:
             in_channels = expected
         elif use_depth is not None and in_channels != expected:
-            raise SegkitError(f"data.in_channels={in_channels} but data.use_depth={use_depth} gives {expected} "
-                              f"channels; leave data.in_channels=null")
+            raise SegkitError(
+                f"data.in_channels={in_channels} but data.use_depth={use_depth} gives {expected} "
+                f"channels; leave data.in_channels=null"
+            )
         self.use_depth = use_depth
         self.dataset_factory = dataset
         self.splits = dict(splits or {"train": "train", "val": "val", "test": "test"})

@@ -130,8 +130,10 @@ class LabelTable:
         if not classes:
             raise SegkitError(f"label table '{name}' needs a non-empty 'classes' list of {{name, color, ids}}")
         entries = [_class_entry(name, k, dict(e)) for k, e in enumerate(classes)]
-        entries += [{**_class_entry(name, k, dict(e)), "ignored": True}
-                    for k, e in enumerate(cfg.get("ignore_classes", []) or [])]
+        entries += [
+            {**_class_entry(name, k, dict(e)), "ignored": True}
+            for k, e in enumerate(cfg.get("ignore_classes", []) or [])
+        ]
         ignore_ids = [int(i) for i in cfg.get("ignore_ids", []) or []]
         rzl = cfg.get("reduce_zero_label")
         if rzl is not None:
@@ -196,8 +198,10 @@ class LabelTable:
         out[unknown] = self.ignore_index
         if not self._warned:
             self._warned.append(True)
-            log.warning(f"{source}: {what} are not in label table '{self.name}'; ignoring them "
-                        f"(data.unknown_ids=ignore; this warning is shown once)")
+            log.warning(
+                f"{source}: {what} are not in label table '{self.name}'; ignoring them "
+                f"(data.unknown_ids=ignore; this warning is shown once)"
+            )
 
     def to_source_ids(self, train_ids: np.ndarray, fill: int = 0) -> np.ndarray:
         """Train ids -> each class's first source id (e.g. predictions back to Cityscapes labelIds)."""
@@ -218,8 +222,9 @@ class LabelTable:
         """A short digest of everything that changes the train ids: keys the class-weight cache."""
         import hashlib
 
-        text = repr((self.names, self.source_ids, self.ignore_ids, self.ignore_index, self.source_colors,
-                     self.ignore_colors))
+        text = repr(
+            (self.names, self.source_ids, self.ignore_ids, self.ignore_index, self.source_colors, self.ignore_colors)
+        )
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 

@@ -17,7 +17,12 @@ class SeededSampler(DistributedSampler):
     """A shuffling (distributed) sampler whose order depends on ``seed`` and the epoch only."""
 
     def __init__(
-        self, dataset: Dataset, seed: int, num_replicas: int = 1, rank: int = 0, shuffle: bool = True,
+        self,
+        dataset: Dataset,
+        seed: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        shuffle: bool = True,
         drop_last: bool = False,
     ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)

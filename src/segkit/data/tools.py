@@ -55,7 +55,9 @@ def stats_table(counts: ClassCounts, labels: LabelTable) -> str:
     width = max(len(n) for n in labels.names) + 2
     lines = [f"{'id':>3}  {'class':<{width}}{'pixels':>14}{'share %':>10}{'enet':>9}{'med_freq':>10}"]
     for k, name in enumerate(labels.names):
-        lines.append(f"{k:>3}  {name:<{width}}{counts.pixels[k]:>14,}{100 * share[k]:>10.2f}{enet[k]:>9.3f}{median[k]:>10.3f}")
+        lines.append(
+            f"{k:>3}  {name:<{width}}{counts.pixels[k]:>14,}{100 * share[k]:>10.2f}{enet[k]:>9.3f}{median[k]:>10.3f}"
+        )
     return "\n".join(lines)
 
 
@@ -66,7 +68,8 @@ def dataset_report(dataset: Dataset, labels: LabelTable, limit: int | None = Non
     ignored = _ignored_share(counts, sizes)
     size_text = ", ".join(f"{w}x{h}: {n}" for (h, w), n in sizes.most_common(8))
     head = [
-        f"images: {len(dataset)}" + (f" (statistics over the first {counts.images})" if counts.images < len(dataset) else ""),  # type: ignore[arg-type]
+        f"images: {len(dataset)}"
+        + (f" (statistics over the first {counts.images})" if counts.images < len(dataset) else ""),  # type: ignore[arg-type]
         f"sizes (WxH): {size_text}" + (" ..." if len(sizes) > 8 else ""),
         f"classes: {labels.num_classes} (table '{labels.name}'), ignored pixels: {100 * ignored:.2f}%",
         "",
@@ -87,8 +90,14 @@ def overlay(image: np.ndarray, mask: np.ndarray, labels: LabelTable, alpha: floa
     return np.where(keep, rgb, (1 - alpha) * rgb + alpha * color).clip(0, 255).astype(np.uint8)
 
 
-def browse_grid(dataset: Dataset, labels: LabelTable, indices: Sequence[int], cols: int = 4,
-                tile_width: int = 320, alpha: float = 0.5) -> np.ndarray:
+def browse_grid(
+    dataset: Dataset,
+    labels: LabelTable,
+    indices: Sequence[int],
+    cols: int = 4,
+    tile_width: int = 320,
+    alpha: float = 0.5,
+) -> np.ndarray:
     """A grid of overlays (RGB uint8) with a legend of the classes that occur in it underneath."""
     tiles, seen = [], set()
     for i in indices:
@@ -104,7 +113,7 @@ def browse_grid(dataset: Dataset, labels: LabelTable, indices: Sequence[int], co
     grid = np.full((rows * tile_h, cols * tile_width, 3), 255, dtype=np.uint8)
     for n, tile in enumerate(tiles):
         r, c = divmod(n, cols)
-        grid[r * tile_h: r * tile_h + tile.shape[0], c * tile_width: (c + 1) * tile_width] = tile
+        grid[r * tile_h : r * tile_h + tile.shape[0], c * tile_width : (c + 1) * tile_width] = tile
     return np.concatenate([grid, legend(labels, sorted(seen), grid.shape[1])], axis=0)
 
 
@@ -118,6 +127,14 @@ def legend(labels: LabelTable, classes: Sequence[int], width: int, entry_width: 
         x, y = c * entry_width + 8, r * 24 + 8
         cv2.rectangle(strip, (x, y), (x + 16, y + 16), tuple(int(v) for v in labels.colors[k]), -1)
         cv2.rectangle(strip, (x, y), (x + 16, y + 16), (0, 0, 0), 1)
-        cv2.putText(strip, f"{k} {labels.names[k]}"[:24], (x + 22, y + 13), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1,
-                    cv2.LINE_AA)
+        cv2.putText(
+            strip,
+            f"{k} {labels.names[k]}"[:24],
+            (x + 22, y + 13),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.45,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
     return strip

@@ -74,18 +74,35 @@ def train_transforms(
         raise SegkitError("data.train_transform.crop=resized needs data.train_transform.crop_size=[h, w]")
     steps: list[A.BasicTransform] = []
     if base_size is not None:
-        steps.append(A.Resize(int(base_size[0]), int(base_size[1]), interpolation=cv2.INTER_LINEAR,
-                              mask_interpolation=cv2.INTER_NEAREST))
+        steps.append(
+            A.Resize(
+                int(base_size[0]),
+                int(base_size[1]),
+                interpolation=cv2.INTER_LINEAR,
+                mask_interpolation=cv2.INTER_NEAREST,
+            )
+        )
     lo, hi = float(scale_range[0]), float(scale_range[1])
     if crop == "resized":
-        steps.append(A.RandomResizedCrop(size=(int(crop_size[0]), int(crop_size[1])),
-                                         scale=(float(area_range[0]), float(area_range[1])),
-                                         ratio=(float(ratio_range[0]), float(ratio_range[1])),
-                                         interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST))
+        steps.append(
+            A.RandomResizedCrop(
+                size=(int(crop_size[0]), int(crop_size[1])),
+                scale=(float(area_range[0]), float(area_range[1])),
+                ratio=(float(ratio_range[0]), float(ratio_range[1])),
+                interpolation=cv2.INTER_LINEAR,
+                mask_interpolation=cv2.INTER_NEAREST,
+            )
+        )
         crop_size = None
     elif (lo, hi) != (1.0, 1.0):
-        steps.append(A.RandomScale(scale_limit=(lo - 1.0, hi - 1.0), interpolation=cv2.INTER_LINEAR,
-                                   mask_interpolation=cv2.INTER_NEAREST, p=1.0))
+        steps.append(
+            A.RandomScale(
+                scale_limit=(lo - 1.0, hi - 1.0),
+                interpolation=cv2.INTER_LINEAR,
+                mask_interpolation=cv2.INTER_NEAREST,
+                p=1.0,
+            )
+        )
     if rotate:
         steps.append(A.Rotate(limit=rotate, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore_index, p=0.5))
     if crop_size is not None:
@@ -97,8 +114,15 @@ def train_transforms(
     if hflip:
         steps.append(A.HorizontalFlip(p=hflip))
     if color_jitter:
-        steps.append(A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter,
-                                   hue=min(0.5, color_jitter / 4), p=0.8))
+        steps.append(
+            A.ColorJitter(
+                brightness=color_jitter,
+                contrast=color_jitter,
+                saturation=color_jitter,
+                hue=min(0.5, color_jitter / 4),
+                p=0.8,
+            )
+        )
     steps += [NormalizeChannels(mean=mean, std=std), ToTensorV2()]
     return A.Compose(steps)
 
@@ -111,7 +135,10 @@ def eval_transforms(
     """Normalise only, or resize first (masks by nearest neighbour)."""
     steps: list[A.BasicTransform] = []
     if resize is not None:
-        steps.append(A.Resize(int(resize[0]), int(resize[1]), interpolation=cv2.INTER_LINEAR,
-                              mask_interpolation=cv2.INTER_NEAREST))
+        steps.append(
+            A.Resize(
+                int(resize[0]), int(resize[1]), interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST
+            )
+        )
     steps += [NormalizeChannels(mean=mean, std=std), ToTensorV2()]
     return A.Compose(steps)

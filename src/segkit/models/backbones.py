@@ -77,7 +77,9 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001
-        raise SegkitError(f"weights file '{path}' could not be read ({err}); save it with torch.save(model.state_dict())") from err
+        raise SegkitError(
+            f"weights file '{path}' could not be read ({err}); save it with torch.save(model.state_dict())"
+        ) from err
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
@@ -91,8 +93,15 @@ def adapt_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     if conv.in_channels == in_channels:
         return conv
     new = nn.Conv2d(
-        in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups,
-        conv.bias is not None, conv.padding_mode,
+        in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        conv.bias is not None,
+        conv.padding_mode,
     )
     with torch.no_grad():
         old = conv.weight
@@ -134,8 +143,9 @@ class ResNetBackbone(nn.Module):
             net = torchvision_model(arch, pretrained=pretrained, weights_path=weights_path)
             _dilate_basic_layers(net, dilate)
         else:
-            net = torchvision_model(arch, pretrained=pretrained, weights_path=weights_path,
-                                    replace_stride_with_dilation=dilate)
+            net = torchvision_model(
+                arch, pretrained=pretrained, weights_path=weights_path, replace_stride_with_dilation=dilate
+            )
         self.stem = nn.Sequential(adapt_first_conv(net.conv1, in_channels), net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         expansion = 4 if arch in ("resnet50", "resnet101", "resnet152") else 1
@@ -282,8 +292,9 @@ class VGGBackbone(nn.Module):
         return features
 
 
-def build_backbone(arch: str, in_channels: int = 3, output_stride: int = 32, pretrained: bool = False,
-                   weights_path: str | None = None) -> ResNetBackbone | DenseNetBackbone:
+def build_backbone(
+    arch: str, in_channels: int = 3, output_stride: int = 32, pretrained: bool = False, weights_path: str | None = None
+) -> ResNetBackbone | DenseNetBackbone:
     """A ResNet or DenseNet backbone by name, for heads that take either (``model.backbone=densenet121``)."""
     if arch in RESNET_ARCHS:
         return ResNetBackbone(arch, in_channels, output_stride, pretrained, weights_path)

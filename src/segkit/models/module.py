@@ -89,8 +89,9 @@ class SegmentationModule(LightningModule):
     def _eval_step(self, batch, metrics: SegmentationMetrics, prefix: str) -> None:
         images, masks = batch
         logits, loss, _ = self._loss(self.net(images), masks)
-        self.log(f"{prefix}/loss", loss, on_epoch=True, prog_bar=prefix == "val", sync_dist=True,
-                 batch_size=images.shape[0])
+        self.log(
+            f"{prefix}/loss", loss, on_epoch=True, prog_bar=prefix == "val", sync_dist=True, batch_size=images.shape[0]
+        )
         metrics.update(logits.argmax(1), masks)
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -131,8 +132,11 @@ class SegmentationModule(LightningModule):
             "numpy": _numpy_state_to_plain(np.random.get_state()),
             "python": random.getstate(),
         }
-        checkpoint["segkit"] = {"class_names": list(self.class_names), "num_classes": self.num_classes,
-                                "ignore_index": self.ignore_index}
+        checkpoint["segkit"] = {
+            "class_names": list(self.class_names),
+            "num_classes": self.num_classes,
+            "ignore_index": self.ignore_index,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         states = checkpoint.get("rng_states")
@@ -165,5 +169,6 @@ def class_presence(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
     valid = (masks >= 0) & (masks < num_classes)
     flat = torch.where(valid, masks, torch.full_like(masks, num_classes)).flatten(1)
     counts = torch.zeros(masks.shape[0], num_classes + 1, device=masks.device).scatter_add_(
-        1, flat, torch.ones_like(flat, dtype=torch.float32))
+        1, flat, torch.ones_like(flat, dtype=torch.float32)
+    )
     return (counts[:, :num_classes] > 0).float()

@@ -12,5 +12,13 @@ from segkit.data.datasets.sunrgbd import SUNRGBD
 from segkit.data.datasets.synthetic import SyntheticShapes
 from segkit.data.datasets.voc import VOCSegmentation
 
-__all__ = ["PairedFilesDataset", "CamVid", "SyntheticShapes", "Cityscapes", "ADE20K", "VOCSegmentation", "SUNRGBD",
-           "ImageMaskFolder"]
+__all__ = [
+    "PairedFilesDataset",
+    "CamVid",
+    "SyntheticShapes",
+    "Cityscapes",
+    "ADE20K",
+    "VOCSegmentation",
+    "SUNRGBD",
+    "ImageMaskFolder",
+]

@@ -21,7 +21,9 @@ def read_image(path: str | Path) -> np.ndarray:
     """An image file -> H x W x 3 uint8 RGB."""
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
-        raise SegkitError(f"cannot read image '{path}': the file is missing, empty or not an image; replace or remove it")
+        raise SegkitError(
+            f"cannot read image '{path}': the file is missing, empty or not an image; replace or remove it"
+        )
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -33,7 +35,9 @@ def read_mask(path: str | Path, color: bool = False) -> np.ndarray:
     """
     mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if mask is None:
-        raise SegkitError(f"cannot read mask '{path}': the file is missing, empty or not an image; replace or remove it")
+        raise SegkitError(
+            f"cannot read mask '{path}': the file is missing, empty or not an image; replace or remove it"
+        )
     if mask.ndim == 3:
         if not color:
             raise SegkitError(
@@ -105,5 +109,6 @@ def list_images(folder: Path, suffixes: Iterable[str] = IMAGE_SUFFIXES) -> list[
 def require_dir(path: Path, what: str, layout: str) -> None:
     """Missing root or split: say what is missing and print the layout expected."""
     if not path.is_dir():
-        raise SegkitError(f"{what} '{path}' does not exist; point data.root at the dataset folder.\n"
-                          f"Expected layout:\n{layout}")
+        raise SegkitError(
+            f"{what} '{path}' does not exist; point data.root at the dataset folder.\nExpected layout:\n{layout}"
+        )

@@ -75,8 +75,9 @@ class Cityscapes(PairedFilesDataset):
         target: ``auto`` (labelIds, else labelTrainIds), ``labelIds`` or ``labelTrainIds``.
     """
 
-    def __init__(self, root: str | Path, split: str, labels: LabelTable, mode: str = "fine",
-                 target: str = "auto") -> None:
+    def __init__(
+        self, root: str | Path, split: str, labels: LabelTable, mode: str = "fine", target: str = "auto"
+    ) -> None:
         root = Path(root).expanduser()
         if mode not in ("fine", "coarse"):
             raise SegkitError(f"data.dataset.mode={mode!r}; use 'fine' or 'coarse'")
@@ -90,12 +91,19 @@ class Cityscapes(PairedFilesDataset):
         gt = "gtFine" if mode == "fine" else "gtCoarse"
         images = sorted(image_dir.glob("*/*_leftImg8bit.png"))
         if not images:
-            raise SegkitError(f"Cityscapes split '{split}': no *_leftImg8bit.png under '{image_dir}'.\nExpected layout:\n{LAYOUT}")
+            raise SegkitError(
+                f"Cityscapes split '{split}': no *_leftImg8bit.png under '{image_dir}'.\nExpected layout:\n{LAYOUT}"
+            )
         stems = [(p.parent.name, p.name[: -len("_leftImg8bit.png")]) for p in images]
-        self.train_ids = target == "labelTrainIds" or (target == "auto" and not _all_exist(
-            root / gt / split / city / f"{stem}_{gt}_labelIds.png" for city, stem in stems[:1]))
+        self.train_ids = target == "labelTrainIds" or (
+            target == "auto"
+            and not _all_exist(root / gt / split / city / f"{stem}_{gt}_labelIds.png" for city, stem in stems[:1])
+        )
         suffix = "labelTrainIds" if self.train_ids else "labelIds"
-        pairs = [(img, root / gt / split / city / f"{stem}_{gt}_{suffix}.png") for img, (city, stem) in zip(images, stems, strict=True)]
+        pairs = [
+            (img, root / gt / split / city / f"{stem}_{gt}_{suffix}.png")
+            for img, (city, stem) in zip(images, stems, strict=True)
+        ]
         check_pairs_exist(pairs, f"Cityscapes {split} ({gt} *_{suffix}.png)")
         super().__init__(pairs, labels, name=f"Cityscapes {split}")
 

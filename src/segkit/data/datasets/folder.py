@@ -22,9 +22,16 @@ LAYOUT = """  <root>/images/<name>.{png,jpg,...}
 
 
 class ImageMaskFolder(PairedFilesDataset):
-    def __init__(self, split: str, labels: LabelTable, root: str | Path | None = None,
-                 ratios: Mapping[str, float] | None = None, split_seed: int = 0,
-                 images: str = "images", masks: str = "masks") -> None:
+    def __init__(
+        self,
+        split: str,
+        labels: LabelTable,
+        root: str | Path | None = None,
+        ratios: Mapping[str, float] | None = None,
+        split_seed: int = 0,
+        images: str = "images",
+        masks: str = "masks",
+    ) -> None:
         if root is None:
             raise SegkitError(f"data=folder needs data.root=/path/to/folder.\nExpected layout:\n{LAYOUT}")
         root = Path(root).expanduser()
@@ -37,12 +44,16 @@ class ImageMaskFolder(PairedFilesDataset):
         stems = self._split(root, split, sorted(by_stem), ratios or {"train": 0.8, "val": 0.2}, split_seed)
         unknown = [s for s in stems if s not in by_stem]
         if unknown:
-            raise SegkitError(f"{root / f'{split}.txt'}: {len(unknown)} name(s) have no image in {image_dir}, "
-                              f"first: {', '.join(unknown[:5])}")
+            raise SegkitError(
+                f"{root / f'{split}.txt'}: {len(unknown)} name(s) have no image in {image_dir}, "
+                f"first: {', '.join(unknown[:5])}"
+            )
         missing = [str(by_stem[s]) for s in stems if s not in masks_by_stem]
         if missing:
-            raise SegkitError(f"folder dataset {split}: {len(missing)} image(s) have no mask with the same stem in "
-                              f"{mask_dir}, first: {', '.join(missing[:5])}")
+            raise SegkitError(
+                f"folder dataset {split}: {len(missing)} image(s) have no mask with the same stem in "
+                f"{mask_dir}, first: {', '.join(missing[:5])}"
+            )
         pairs = [(by_stem[s], masks_by_stem[s]) for s in stems]
         super().__init__(pairs, labels, name=f"folder {split}")
 
@@ -52,8 +63,10 @@ class ImageMaskFolder(PairedFilesDataset):
         if list_file.is_file():
             return [Path(line.strip()).stem for line in list_file.read_text().splitlines() if line.strip()]
         if split not in ratios:
-            raise SegkitError(f"folder dataset: no list file '{list_file}' and no ratio for split '{split}' in "
-                              f"data.dataset.ratios={dict(ratios)}.\nExpected layout:\n{LAYOUT}")
+            raise SegkitError(
+                f"folder dataset: no list file '{list_file}' and no ratio for split '{split}' in "
+                f"data.dataset.ratios={dict(ratios)}.\nExpected layout:\n{LAYOUT}"
+            )
         if not stems:
             raise SegkitError(f"folder dataset: no images in '{root}'.\nExpected layout:\n{LAYOUT}")
         order = np.random.default_rng(seed).permutation(len(stems))

@@ -22,8 +22,15 @@ LAYOUT = """  <root>/image/{train,test}/<name>.jpg
 
 
 class SUNRGBD(PairedFilesDataset):
-    def __init__(self, root: str | Path, split: str, labels: LabelTable, use_depth: bool = False,
-                 depth_scale: float = 0.001, max_depth: float = 10.0) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        labels: LabelTable,
+        use_depth: bool = False,
+        depth_scale: float = 0.001,
+        max_depth: float = 10.0,
+    ) -> None:
         root = Path(root).expanduser()
         require_dir(root, "SUN RGB-D root", LAYOUT)
         image_dir = root / "image" / split
@@ -36,8 +43,10 @@ class SUNRGBD(PairedFilesDataset):
         if use_depth:
             missing = [str(p) for p in self.depth_paths if not p.is_file()]
             if missing:
-                raise SegkitError(f"SUN RGB-D {split}: {len(missing)} depth map(s) are missing, first: "
-                                  f"{', '.join(missing[:5])}; add them or set data.use_depth=false")
+                raise SegkitError(
+                    f"SUN RGB-D {split}: {len(missing)} depth map(s) are missing, first: "
+                    f"{', '.join(missing[:5])}; add them or set data.use_depth=false"
+                )
         super().__init__(pairs, labels, name=f"SUN RGB-D {split}")
 
     def read_input(self, index: int) -> np.ndarray:
@@ -46,8 +55,10 @@ class SUNRGBD(PairedFilesDataset):
             return image
         depth = read_depth(self.depth_paths[index], self.depth_scale, self.max_depth)
         if depth.shape != image.shape[:2]:
-            raise SegkitError(f"depth '{self.depth_paths[index]}' is {depth.shape[::-1]} but its image is "
-                              f"{image.shape[1::-1]}; they must be the same size")
+            raise SegkitError(
+                f"depth '{self.depth_paths[index]}' is {depth.shape[::-1]} but its image is "
+                f"{image.shape[1::-1]}; they must be the same size"
+            )
         return np.concatenate([image, depth[..., None]], axis=2)
 
 

@@ -74,7 +74,9 @@ class VOCSegmentation(PairedFilesDataset):
         else:
             list_file = lists / f"{split}.txt"
             if not list_file.is_file():
-                raise SegkitError(f"VOC split '{split}': list file '{list_file}' does not exist.\nExpected layout:\n{LAYOUT}")
+                raise SegkitError(
+                    f"VOC split '{split}': list file '{list_file}' does not exist.\nExpected layout:\n{LAYOUT}"
+                )
             mask_dir = "SegmentationClassAug" if split == "train_aug" else "SegmentationClass"
             pairs = [(root / "JPEGImages" / f"{i}.jpg", root / mask_dir / f"{i}.png") for i in _read_ids(list_file)]
         check_pairs_exist(pairs, f"VOC {split}")
@@ -83,8 +85,10 @@ class VOCSegmentation(PairedFilesDataset):
     @staticmethod
     def _train_aug(root: Path, sbd_root: str | Path | None) -> list[tuple[Path, Path]]:
         if sbd_root is None:
-            raise SegkitError("VOC split 'train_aug' needs SBD: set data.dataset.sbd_root=/path/to/benchmark_RELEASE/dataset"
-                              f"\nExpected layout:\n{LAYOUT}")
+            raise SegkitError(
+                "VOC split 'train_aug' needs SBD: set data.dataset.sbd_root=/path/to/benchmark_RELEASE/dataset"
+                f"\nExpected layout:\n{LAYOUT}"
+            )
         sbd = Path(sbd_root).expanduser()
         require_dir(sbd / "cls", "SBD cls folder", LAYOUT)
         lists = root / "ImageSets" / "Segmentation"

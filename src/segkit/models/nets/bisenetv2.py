@@ -16,8 +16,9 @@ from torch import nn
 from segkit.models.nets.common import crop_to, pad_to_multiple
 
 
-def _conv_bn(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, groups: int = 1,
-             relu: bool = True) -> nn.Sequential:
+def _conv_bn(
+    in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, groups: int = 1, relu: bool = True
+) -> nn.Sequential:
     layers: list[nn.Module] = [
         nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups, bias=False),
         nn.BatchNorm2d(out_channels),
@@ -37,9 +38,14 @@ class DetailBranch(nn.Module):
     def __init__(self, in_channels: int) -> None:
         super().__init__()
         self.layers = nn.Sequential(
-            _conv_bn(in_channels, 64, stride=2), _conv_bn(64, 64),
-            _conv_bn(64, 64, stride=2), _conv_bn(64, 64), _conv_bn(64, 64),
-            _conv_bn(64, 128, stride=2), _conv_bn(128, 128), _conv_bn(128, 128),
+            _conv_bn(in_channels, 64, stride=2),
+            _conv_bn(64, 64),
+            _conv_bn(64, 64, stride=2),
+            _conv_bn(64, 64),
+            _conv_bn(64, 64),
+            _conv_bn(64, 128, stride=2),
+            _conv_bn(128, 128),
+            _conv_bn(128, 128),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -52,7 +58,9 @@ class StemBlock(nn.Module):
     def __init__(self, in_channels: int, channels: int = 16) -> None:
         super().__init__()
         self.conv = _conv_bn(in_channels, channels, stride=2)
-        self.conv_path = nn.Sequential(_conv_bn(channels, channels // 2, 1), _conv_bn(channels // 2, channels, stride=2))
+        self.conv_path = nn.Sequential(
+            _conv_bn(channels, channels // 2, 1), _conv_bn(channels // 2, channels, stride=2)
+        )
         self.pool_path = nn.MaxPool2d(3, stride=2, padding=1)
         self.fuse = _conv_bn(2 * channels, channels)
 
@@ -70,8 +78,10 @@ class GatherExpand(nn.Module):
         mid = in_channels * expansion
         layers = [_conv_bn(in_channels, in_channels)]
         if stride == 2:
-            layers += [_conv_bn(in_channels, mid, stride=2, groups=in_channels, relu=False),
-                       _conv_bn(mid, mid, groups=mid)]
+            layers += [
+                _conv_bn(in_channels, mid, stride=2, groups=in_channels, relu=False),
+                _conv_bn(mid, mid, groups=mid),
+            ]
         else:
             layers += [_conv_bn(in_channels, mid, groups=in_channels)]
         layers += [_conv_bn(mid, out_channels, 1, relu=False)]
@@ -107,8 +117,9 @@ class SemanticBranch(nn.Module):
         self.stem = StemBlock(in_channels, 16)
         self.stage3 = nn.Sequential(GatherExpand(16, 32, 2, expansion), GatherExpand(32, 32, 1, expansion))
         self.stage4 = nn.Sequential(GatherExpand(32, 64, 2, expansion), GatherExpand(64, 64, 1, expansion))
-        self.stage5 = nn.Sequential(GatherExpand(64, 128, 2, expansion),
-                                    *(GatherExpand(128, 128, 1, expansion) for _ in range(3)))
+        self.stage5 = nn.Sequential(
+            GatherExpand(64, 128, 2, expansion), *(GatherExpand(128, 128, 1, expansion) for _ in range(3))
+        )
         self.context = ContextEmbedding(128)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -144,8 +155,9 @@ class SegmentHead(nn.Module):
 
     def __init__(self, in_channels: int, mid_channels: int, num_classes: int, dropout: float = 0.1) -> None:
         super().__init__()
-        self.layers = nn.Sequential(_conv_bn(in_channels, mid_channels), nn.Dropout(dropout),
-                                    nn.Conv2d(mid_channels, num_classes, 1))
+        self.layers = nn.Sequential(
+            _conv_bn(in_channels, mid_channels), nn.Dropout(dropout), nn.Conv2d(mid_channels, num_classes, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
@@ -169,9 +181,16 @@ class BiSeNetV2(nn.Module):
         self.semantic = SemanticBranch(in_channels, expansion)
         self.aggregation = BilateralGuidedAggregation(128)
         self.head = SegmentHead(128, head_channels, num_classes, dropout)
-        self.boosters = nn.ModuleDict(
-            {f"aux{i}": SegmentHead(c, booster_channels, num_classes, dropout) for i, c in zip((2, 3, 4, 5), (16, 32, 64, 128))}
-        ) if aux_heads else None
+        self.boosters = (
+            nn.ModuleDict(
+                {
+                    f"aux{i}": SegmentHead(c, booster_channels, num_classes, dropout)
+                    for i, c in zip((2, 3, 4, 5), (16, 32, 64, 128))
+                }
+            )
+            if aux_heads
+            else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
         padded, size = pad_to_multiple(x, 32)

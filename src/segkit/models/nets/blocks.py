@@ -14,8 +14,9 @@ from torch import nn
 class ConvBNReLU(nn.Sequential):
     """Conv (no bias: BN follows) -> BatchNorm -> ReLU, "same" padding for odd kernels."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
-                 dilation: int = 1) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, dilation: int = 1
+    ) -> None:
         padding = dilation * (kernel_size - 1) // 2
         super().__init__(
             nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, bias=False),
@@ -48,8 +49,9 @@ class ASPP(nn.Module):
     """Atrous spatial pyramid pooling (DeepLabv3): a 1x1 branch, one 3x3 branch per rate, image pooling,
     concatenated and projected to ``out_channels``."""
 
-    def __init__(self, in_channels: int, rates: tuple[int, ...] = (12, 24, 36), out_channels: int = 256,
-                 dropout: float = 0.5) -> None:
+    def __init__(
+        self, in_channels: int, rates: tuple[int, ...] = (12, 24, 36), out_channels: int = 256, dropout: float = 0.5
+    ) -> None:
         super().__init__()
         branches = [ConvBNReLU(in_channels, out_channels, 1)]
         branches += [ConvBNReLU(in_channels, out_channels, 3, dilation=r) for r in rates]

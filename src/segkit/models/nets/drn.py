@@ -28,8 +28,9 @@ BLOCKS = (1, 1, 2, 2, 2, 2, 1, 1)
 class BasicBlock(nn.Module):
     """Two 3x3 convs with dilations ``(d1, d2)``; a residual shortcut unless ``residual`` is false."""
 
-    def __init__(self, cin: int, cout: int, stride: int = 1, dilation: tuple[int, int] = (1, 1),
-                 residual: bool = True) -> None:
+    def __init__(
+        self, cin: int, cout: int, stride: int = 1, dilation: tuple[int, int] = (1, 1), residual: bool = True
+    ) -> None:
         super().__init__()
         d1, d2 = dilation
         self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=d1, dilation=d1, bias=False)
@@ -65,8 +66,9 @@ class DRNC26Backbone(nn.Module):
         if len(channels) != len(CHANNELS):
             raise SegkitError(f"model.channels={list(channels)}: give {len(CHANNELS)} widths, one per DRN level")
         c = list(channels)
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, c[0], 7, padding=3, bias=False), nn.BatchNorm2d(c[0]),
-                                  nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, c[0], 7, padding=3, bias=False), nn.BatchNorm2d(c[0]), nn.ReLU(inplace=True)
+        )
         self.levels = nn.Sequential(
             level(c[0], c[0], BLOCKS[0]),
             level(c[0], c[1], BLOCKS[1], stride=2),
@@ -91,8 +93,13 @@ class DRNC26(nn.Module):
     Inputs of any size are padded to a multiple of 8 and the output cropped back.
     """
 
-    def __init__(self, num_classes: int, in_channels: int = 3, learned_upsampling: bool = False,
-                 channels: Sequence[int] = CHANNELS) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        learned_upsampling: bool = False,
+        channels: Sequence[int] = CHANNELS,
+    ) -> None:
         super().__init__()
         self.backbone = DRNC26Backbone(in_channels, channels)
         self.head = nn.Conv2d(self.backbone.out_channels, num_classes, 1)

@@ -16,11 +16,18 @@ from segkit.models.nets.common import crop_to, pad_to_multiple
 STEM_CHANNELS = 16
 
 
-def conv_bn_prelu(cin: int, cout: int, kernel: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
-                  dilation: int = 1, stride: int = 1) -> nn.Sequential:
+def conv_bn_prelu(
+    cin: int,
+    cout: int,
+    kernel: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int = 1,
+    stride: int = 1,
+) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, dilation=dilation, bias=False),
-        nn.BatchNorm2d(cout), nn.PReLU(cout),
+        nn.BatchNorm2d(cout),
+        nn.PReLU(cout),
     )
 
 
@@ -64,8 +71,11 @@ class Bottleneck(nn.Module):
         else:
             middle = conv_bn_prelu(mid, mid, 3, padding=dilation, dilation=dilation)
         self.branch = nn.Sequential(
-            conv_bn_prelu(channels, mid), middle,
-            nn.Conv2d(mid, channels, 1, bias=False), nn.BatchNorm2d(channels), nn.Dropout2d(dropout),
+            conv_bn_prelu(channels, mid),
+            middle,
+            nn.Conv2d(mid, channels, 1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.Dropout2d(dropout),
         )
         self.act = nn.PReLU(channels)
 
@@ -83,8 +93,11 @@ class DownBottleneck(nn.Module):
         self.extra = cout - cin
         self.pool = nn.MaxPool2d(2, return_indices=True)
         self.branch = nn.Sequential(
-            conv_bn_prelu(cin, mid, 2, stride=2), conv_bn_prelu(mid, mid, 3, padding=1),
-            nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.Dropout2d(dropout),
+            conv_bn_prelu(cin, mid, 2, stride=2),
+            conv_bn_prelu(mid, mid, 3, padding=1),
+            nn.Conv2d(mid, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.Dropout2d(dropout),
         )
         self.act = nn.PReLU(cout)
 
@@ -115,8 +128,16 @@ class UpBottleneck(nn.Module):
         return self.act(main + branch)
 
 
-MIDDLE_STAGE = (("regular", 1), ("dilated", 2), ("asymmetric", 1), ("dilated", 4),
-                ("regular", 1), ("dilated", 8), ("asymmetric", 1), ("dilated", 16))
+MIDDLE_STAGE = (
+    ("regular", 1),
+    ("dilated", 2),
+    ("asymmetric", 1),
+    ("dilated", 4),
+    ("regular", 1),
+    ("dilated", 8),
+    ("asymmetric", 1),
+    ("dilated", 16),
+)
 
 
 def middle_stage(channels: int, dropout: float) -> nn.Sequential:
@@ -131,8 +152,9 @@ class ENet(nn.Module):
     (``dropout_stage1`` in stage 1), as in the paper.
     """
 
-    def __init__(self, num_classes: int, in_channels: int = 3, dropout_stage1: float = 0.01,
-                 dropout: float = 0.1) -> None:
+    def __init__(
+        self, num_classes: int, in_channels: int = 3, dropout_stage1: float = 0.01, dropout: float = 0.1
+    ) -> None:
         super().__init__()
         self.initial = InitialBlock(in_channels)
         self.down1 = DownBottleneck(STEM_CHANNELS, 64, dropout_stage1)

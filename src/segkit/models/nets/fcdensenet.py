@@ -26,8 +26,10 @@ class DenseLayer(nn.Sequential):
 
     def __init__(self, cin: int, growth_rate: int, dropout: float) -> None:
         super().__init__(
-            nn.BatchNorm2d(cin), nn.ReLU(inplace=True),
-            nn.Conv2d(cin, growth_rate, 3, padding=1, bias=False), nn.Dropout2d(dropout),
+            nn.BatchNorm2d(cin),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cin, growth_rate, 3, padding=1, bias=False),
+            nn.Dropout2d(dropout),
         )
 
 
@@ -52,8 +54,11 @@ class TransitionDown(nn.Sequential):
 
     def __init__(self, channels: int, dropout: float) -> None:
         super().__init__(
-            nn.BatchNorm2d(channels), nn.ReLU(inplace=True), nn.Conv2d(channels, channels, 1, bias=False),
-            nn.Dropout2d(dropout), nn.MaxPool2d(2),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 1, bias=False),
+            nn.Dropout2d(dropout),
+            nn.MaxPool2d(2),
         )
 
 
@@ -66,8 +71,14 @@ class FCDenseNet(nn.Module):
     """
 
     def __init__(
-        self, num_classes: int, in_channels: int = 3, variant: str | int = "103", growth_rate: int | None = None,
-        down_layers: Sequence[int] | None = None, bottleneck_layers: int | None = None, stem_channels: int = 48,
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        variant: str | int = "103",
+        growth_rate: int | None = None,
+        down_layers: Sequence[int] | None = None,
+        bottleneck_layers: int | None = None,
+        stem_channels: int = 48,
         dropout: float = 0.2,
     ) -> None:
         super().__init__()
@@ -94,7 +105,8 @@ class FCDenseNet(nn.Module):
         self.transitions_up, self.up_blocks = nn.ModuleList(), nn.ModuleList()
         for n, skip in zip(reversed(down_layers), reversed(skip_channels)):
             self.transitions_up.append(
-                nn.ConvTranspose2d(new_channels, new_channels, 3, stride=2, padding=1, output_padding=1, bias=False))
+                nn.ConvTranspose2d(new_channels, new_channels, 3, stride=2, padding=1, output_padding=1, bias=False)
+            )
             channels = skip + new_channels
             self.up_blocks.append(DenseBlock(channels, n, growth_rate, dropout))
             new_channels = n * growth_rate

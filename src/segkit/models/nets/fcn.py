@@ -15,7 +15,12 @@ from torch import nn
 
 from segkit import SegkitError
 from segkit.models.backbones import (
-    DENSENET_ARCHS, RESNET_ARCHS, VGG_ARCHS, adapt_first_conv, build_backbone, torchvision_model,
+    DENSENET_ARCHS,
+    RESNET_ARCHS,
+    VGG_ARCHS,
+    adapt_first_conv,
+    build_backbone,
+    torchvision_model,
 )
 from segkit.models.nets.blocks import ConvBNReLU
 from segkit.models.nets.common import bilinear_upsampler, crop_to, pad_to_multiple
@@ -68,8 +73,9 @@ class FCN(nn.Module):
                 self.score_pool3 = _zero_conv(skip_channels[0], num_classes)
                 self.upscore_final = bilinear_upsampler(num_classes, 8)
 
-    def _build_vgg(self, arch: str, in_channels: int, pretrained: bool, weights_path: str | None,
-                   dropout: float) -> tuple[int, tuple[int, int]]:
+    def _build_vgg(
+        self, arch: str, in_channels: int, pretrained: bool, weights_path: str | None, dropout: float
+    ) -> tuple[int, tuple[int, int]]:
         vgg = torchvision_model(arch, pretrained=pretrained, weights_path=weights_path)
         features = list(vgg.features.children())
         features[0] = adapt_first_conv(features[0], in_channels)
@@ -84,8 +90,9 @@ class FCN(nn.Module):
             fc6.bias.copy_(vgg.classifier[0].bias)
             fc7.weight.copy_(vgg.classifier[3].weight.view(4096, 4096, 1, 1))
             fc7.bias.copy_(vgg.classifier[3].bias)
-        self.fc = nn.Sequential(fc6, nn.ReLU(inplace=True), nn.Dropout2d(dropout),
-                                fc7, nn.ReLU(inplace=True), nn.Dropout2d(dropout))
+        self.fc = nn.Sequential(
+            fc6, nn.ReLU(inplace=True), nn.Dropout2d(dropout), fc7, nn.ReLU(inplace=True), nn.Dropout2d(dropout)
+        )
         return 4096, (256, 512)
 
     def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -52,11 +52,13 @@ class CascadeFeatureFusion(nn.Module):
     """Upsample the coarse map x2, dilated 3x3 conv; project the fine map by 1x1; sum and ReLU.
     ``classifier`` scores the upsampled coarse map for cascade label guidance."""
 
-    def __init__(self, low_channels: int, high_channels: int, out_channels: int, num_classes: int,
-                 aux_head: bool) -> None:
+    def __init__(
+        self, low_channels: int, high_channels: int, out_channels: int, num_classes: int, aux_head: bool
+    ) -> None:
         super().__init__()
-        self.low = nn.Sequential(nn.Conv2d(low_channels, out_channels, 3, padding=2, dilation=2, bias=False),
-                                 nn.BatchNorm2d(out_channels))
+        self.low = nn.Sequential(
+            nn.Conv2d(low_channels, out_channels, 3, padding=2, dilation=2, bias=False), nn.BatchNorm2d(out_channels)
+        )
         self.high = nn.Sequential(nn.Conv2d(high_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
         self.classifier = nn.Conv2d(low_channels, num_classes, 1) if aux_head else None
 
@@ -84,8 +86,9 @@ class ICNet(nn.Module):
         super().__init__()
         self.backbone = ResNetBackbone(backbone, in_channels, 8, pretrained, weights_path)
         _, c2, _, c4 = self.backbone.channels
-        self.sub1 = nn.Sequential(_conv_bn_relu(in_channels, 32, stride=2), _conv_bn_relu(32, 32, stride=2),
-                                  _conv_bn_relu(32, 64, stride=2))
+        self.sub1 = nn.Sequential(
+            _conv_bn_relu(in_channels, 32, stride=2), _conv_bn_relu(32, 32, stride=2), _conv_bn_relu(32, 64, stride=2)
+        )
         self.pyramid = SumPyramidPooling()
         self.sub4_reduce = _conv_bn_relu(c4, branch_channels, kernel_size=1)
         self.cff24 = CascadeFeatureFusion(branch_channels, c2, fusion_channels, num_classes, aux_heads)
@@ -107,5 +110,8 @@ class ICNet(nn.Module):
         out = crop_to(_resize(self.classifier(sub124), (h, w)), size)
         if aux_sub4 is None:
             return out
-        return {"out": out, "aux_sub4": crop_to(_resize(aux_sub4, (h, w)), size),
-                "aux_sub24": crop_to(_resize(aux_sub24, (h, w)), size)}
+        return {
+            "out": out,
+            "aux_sub4": crop_to(_resize(aux_sub4, (h, w)), size),
+            "aux_sub24": crop_to(_resize(aux_sub24, (h, w)), size),
+        }

@@ -26,7 +26,8 @@ class DecoderBlock(nn.Module):
         mid = cin // 4
         if stride == 2:
             middle = nn.Sequential(
-                nn.ConvTranspose2d(mid, mid, 3, stride=2, padding=1, output_padding=1, bias=False), *bn_relu(mid))
+                nn.ConvTranspose2d(mid, mid, 3, stride=2, padding=1, output_padding=1, bias=False), *bn_relu(mid)
+            )
         else:
             middle = ConvBNReLU(mid, mid, 3)
         self.body = nn.Sequential(ConvBNReLU(cin, mid, 1), middle, ConvBNReLU(mid, cout, 1))
@@ -44,17 +45,30 @@ class LinkNet(nn.Module):
     to a multiple of 32 and the output cropped back.
     """
 
-    def __init__(self, num_classes: int, in_channels: int = 3, backbone: str = "resnet18", pretrained: bool = False,
-                 weights_path: str | None = None) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        backbone: str = "resnet18",
+        pretrained: bool = False,
+        weights_path: str | None = None,
+    ) -> None:
         super().__init__()
-        self.encoder = ResNetBackbone(backbone, in_channels, output_stride=32, pretrained=pretrained,
-                                      weights_path=weights_path)
+        self.encoder = ResNetBackbone(
+            backbone, in_channels, output_stride=32, pretrained=pretrained, weights_path=weights_path
+        )
         c1, c2, c3, c4 = self.encoder.channels
-        self.decoders = nn.ModuleList([
-            DecoderBlock(c4, c3), DecoderBlock(c3, c2), DecoderBlock(c2, c1), DecoderBlock(c1, 64, stride=1),
-        ])
+        self.decoders = nn.ModuleList(
+            [
+                DecoderBlock(c4, c3),
+                DecoderBlock(c3, c2),
+                DecoderBlock(c2, c1),
+                DecoderBlock(c1, 64, stride=1),
+            ]
+        )
         self.final = nn.Sequential(
-            nn.ConvTranspose2d(64, 32, 3, stride=2, padding=1, output_padding=1, bias=False), *bn_relu(32),
+            nn.ConvTranspose2d(64, 32, 3, stride=2, padding=1, output_padding=1, bias=False),
+            *bn_relu(32),
             ConvBNReLU(32, 32, 3),
             nn.ConvTranspose2d(32, num_classes, 2, stride=2),
         )

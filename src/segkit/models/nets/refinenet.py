@@ -30,8 +30,9 @@ class ResidualConvUnit(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.ReLU(), _conv3x3(channels, channels), nn.ReLU(),
-                                  _conv3x3(channels, channels, bias=False))
+        self.body = nn.Sequential(
+            nn.ReLU(), _conv3x3(channels, channels), nn.ReLU(), _conv3x3(channels, channels, bias=False)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -63,9 +64,7 @@ class RefineNetBlock(nn.Module):
 
     def __init__(self, in_channels: list[int], channels: int, crp_stages: int = 4) -> None:
         super().__init__()
-        self.rcus = nn.ModuleList(
-            nn.Sequential(ResidualConvUnit(c), ResidualConvUnit(c)) for c in in_channels
-        )
+        self.rcus = nn.ModuleList(nn.Sequential(ResidualConvUnit(c), ResidualConvUnit(c)) for c in in_channels)
         self.fuse = nn.ModuleList(_conv3x3(c, channels) for c in in_channels) if len(in_channels) > 1 else None
         self.crp = ChainedResidualPooling(channels, crp_stages)
         self.out_rcu = ResidualConvUnit(channels)
@@ -102,16 +101,21 @@ class RefineNet(nn.Module):
         c1, c2, c3, c4 = self.backbone.channels
         self.dropout = nn.Dropout2d(dropout)
         # dimension adaptation from the backbone widths to the RefineNet widths
-        self.adapt = nn.ModuleList([
-            _conv3x3(c1, features, bias=False), _conv3x3(c2, features, bias=False),
-            _conv3x3(c3, features, bias=False), _conv3x3(c4, top_features, bias=False),
-        ])
+        self.adapt = nn.ModuleList(
+            [
+                _conv3x3(c1, features, bias=False),
+                _conv3x3(c2, features, bias=False),
+                _conv3x3(c3, features, bias=False),
+                _conv3x3(c4, top_features, bias=False),
+            ]
+        )
         self.refine4 = RefineNetBlock([top_features], top_features, crp_stages)
         self.refine3 = RefineNetBlock([features, top_features], features, crp_stages)
         self.refine2 = RefineNetBlock([features, features], features, crp_stages)
         self.refine1 = RefineNetBlock([features, features], features, crp_stages)
-        self.head = nn.Sequential(ResidualConvUnit(features), ResidualConvUnit(features),
-                                  nn.Conv2d(features, num_classes, 1))
+        self.head = nn.Sequential(
+            ResidualConvUnit(features), ResidualConvUnit(features), nn.Conv2d(features, num_classes, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         padded, size = pad_to_multiple(x, 32)

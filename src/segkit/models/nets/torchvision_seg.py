@@ -59,13 +59,19 @@ class TorchvisionSegmentation(nn.Module):
         """Load all but the class layers whose shape differs, and the aux head when only one side has it."""
         own = self.model.state_dict()
         has_aux = any(k.startswith("aux_classifier.") for k in own)
-        skip = {k for k, v in state.items()
-                if (k.startswith("aux_classifier.") and not has_aux)
-                or (k in own and k.rpartition(".")[0] in CLASS_LAYERS[arch] and v.shape != own[k].shape)}
+        skip = {
+            k
+            for k, v in state.items()
+            if (k.startswith("aux_classifier.") and not has_aux)
+            or (k in own and k.rpartition(".")[0] in CLASS_LAYERS[arch] and v.shape != own[k].shape)
+        }
         result = load_into(self.model, {k: v for k, v in state.items() if k not in skip}, source, strict=False)
-        missing = [k for k in result.missing_keys
-                   if k not in skip and not (k.startswith("aux_classifier.") and not any(
-                       s.startswith("aux_classifier.") for s in state))]
+        missing = [
+            k
+            for k in result.missing_keys
+            if k not in skip
+            and not (k.startswith("aux_classifier.") and not any(s.startswith("aux_classifier.") for s in state))
+        ]
         if missing or result.unexpected_keys:
             raise SegkitError(
                 f"{source} does not fit torchvision's {arch}: missing {missing[:3]}, unexpected "

@@ -10,8 +10,12 @@ from segkit.models.nets.common import crop_to, pad_to_multiple
 
 def double_conv(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -22,23 +26,32 @@ class UNet(nn.Module):
     """
 
     def __init__(
-        self, num_classes: int, in_channels: int = 3, base_width: int = 64, depth: int = 4, bilinear: bool = False,
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        base_width: int = 64,
+        depth: int = 4,
+        bilinear: bool = False,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
         widths = [base_width * 2**i for i in range(depth + 1)]
         self.depth = depth
         self.stem = double_conv(in_channels, widths[0])
-        self.down = nn.ModuleList(nn.Sequential(nn.MaxPool2d(2), double_conv(widths[i], widths[i + 1])) for i in range(depth))
+        self.down = nn.ModuleList(
+            nn.Sequential(nn.MaxPool2d(2), double_conv(widths[i], widths[i + 1])) for i in range(depth)
+        )
         self.dropout = nn.Dropout2d(dropout) if dropout else nn.Identity()
         self.up = nn.ModuleList()
         self.fuse = nn.ModuleList()
         for i in reversed(range(depth)):
             if bilinear:
-                self.up.append(nn.Sequential(
-                    nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-                    nn.Conv2d(widths[i + 1], widths[i], 1, bias=False),
-                ))
+                self.up.append(
+                    nn.Sequential(
+                        nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                        nn.Conv2d(widths[i + 1], widths[i], 1, bias=False),
+                    )
+                )
             else:
                 self.up.append(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2))
             self.fuse.append(double_conv(2 * widths[i], widths[i]))

@@ -29,8 +29,13 @@ class UNetPlusPlus(nn.Module):
     multiple of ``2**(len(widths)-1)`` and cropped back.
     """
 
-    def __init__(self, num_classes: int, in_channels: int = 3, widths: Sequence[int] = (32, 64, 128, 256, 512),
-                 deep_supervision: bool = False) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        widths: Sequence[int] = (32, 64, 128, 256, 512),
+        deep_supervision: bool = False,
+    ) -> None:
         super().__init__()
         widths = list(widths)
         if len(widths) < 2:
