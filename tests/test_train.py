@@ -131,3 +131,9 @@ def test_cli_bad_input_is_one_clear_line(tmp_path):
     assert proc.returncode == 1
     assert f"CamVid root '{tmp_path}/nowhere' does not exist; set data.root=" in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+def test_missing_test_split_skips_testing_and_keeps_the_run(tiny_cfg):
+    metrics = train(tiny_cfg("debug=limit", "data.splits.test=nosuchsplit"))
+    assert "val/mIoU" in metrics and Path(metrics["best_model_path"]).is_file()
+    assert not any(k.startswith("test/") for k in metrics)

@@ -113,7 +113,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cfg.get("test") and datamodule.splits.get("test"):
-        test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
+        try:
+            test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
+        except SegkitError as err:  # e.g. a dataset copy without its test split: keep the trained run's result
+            log.warning(f"test skipped: {err} (or set test=false / data.splits.test=val)")
+            test_metrics = []
         for result in test_metrics:
             metrics.update({k: float(v) for k, v in result.items()})
     monitor = trainer.checkpoint_callback.monitor if trainer.checkpoint_callback else None
