@@ -75,3 +75,25 @@ def test_wrong_key_is_named(tmp_path):
 
     with pytest.raises(ConfigCompositionException, match="data.batch_sise"):
         compose_config("train", TINY + ["data.batch_sise=3"], output_dir=tmp_path)
+
+
+def readme_groups() -> dict[str, set[str]]:
+    """The README's config-group table: group -> the choices it names in backticks."""
+    import re
+
+    readme = (CONF_DIR.parent / "README.md").read_text()
+    table = readme.split("## Config groups", 1)[1].split("\n\n|", 1)[1].split("\n\n", 1)[0]
+    groups = {}
+    for row in table.splitlines()[2:]:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        names = re.findall(r"`([^`]+)`", cells[0])
+        if len(names) == 1:  # the shared `paths`, `hydra`, ... row has a single default each
+            groups[names[0]] = set(re.findall(r"`([\w.]+)`", cells[1]))
+    return groups
+
+
+def test_readme_names_every_choice_and_only_existing_ones():
+    groups = readme_groups()
+    assert {"data", "model", "optimizer", "loss", "experiment", "inference"} <= set(groups)
+    for group, named in groups.items():
+        assert set(choices(group)) == named, f"README's `{group}` row differs from conf/{group}/"
