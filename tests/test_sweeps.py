@@ -1,4 +1,4 @@
-"""Sweeps: a 2x2 optimizer x lr grid through the CLI and its summary table; the Optuna config when installed."""
+"""Sweeps: a 2x2 optimizer x lr grid through the CLI and its summary table; a 2-trial Optuna search when installed."""
 
 from __future__ import annotations
 
@@ -59,10 +59,28 @@ def test_optimizer_sweep_2x2_and_summary_table(tmp_path):
     assert all(r["best epoch"] == "0 / 1" for r in rows)
 
 
-def test_optuna_sweeper_config(tmp_path):
+def test_optuna_sweep_maximises_val_miou(tmp_path):
+    """Two Optuna trials on tiny data: each trial is a run folder named by its sampled overrides, and the sweeper's
+    best value is the best trial's best val/mIoU (what train.py returns)."""
     pytest.importorskip(
         "hydra_plugins.hydra_optuna_sweeper", reason="hydra-optuna-sweeper is not installed (pip install -e '.[sweep]')"
     )
+    import yaml
+
     cfg = compose_config("train", ["hparams_search=optuna"], output_dir=tmp_path, return_hydra_config=True)
     assert cfg.hydra.sweeper.direction == "maximize" and cfg.optimized_metric == "val/mIoU"
-    assert "optimizer.lr" in cfg.hydra.sweeper.params
+    assert {"optimizer", "optimizer.lr", "loss"} <= set(cfg.hydra.sweeper.params)
+
+    keep_short = "hydra.job.config.override_dirname.exclude_keys=[" + ",".join(o.split("=")[0] for o in SMALL) + "]"
+    proc = run_cli(["hparams_search=optuna", "hydra.sweeper.n_trials=2", *SMALL, keep_short], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    trials = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert len(trials) == 2 and all("optimizer.lr=" in p.name and "loss=" in p.name for p in trials), trials
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    script = [sys.executable, str(ROOT / "scripts" / "summarize_runs.py"), str(sweep), "--format", "csv"]
+    rows = list(csv.DictReader(io.StringIO(subprocess.run(script, capture_output=True, text=True, check=True).stdout)))
+    assert len(rows) == 2
+    assert results["best_value"] == pytest.approx(max(float(r["val/mIoU"]) for r in rows), abs=1e-6)
+    best = max(rows, key=lambda r: float(r["val/mIoU"]))
+    assert str(results["best_params"]["optimizer"]) == best["optimizer"]

@@ -38,12 +38,7 @@ def build_module(cfg: DictConfig, datamodule: SegmentationDataModule) -> Segment
     """The net gets ``num_classes`` and ``in_channels`` from the data; the rest comes from its groups."""
     model_cfg = OmegaConf.masked_copy(cfg.model, [k for k in cfg.model if k != "aux_weights"])
     net = hydra.utils.instantiate(model_cfg, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels)
-    loss_args: dict[str, Any] = {"ignore_index": datamodule.ignore_index}
-    if isinstance(cfg.loss.get("class_weights"), str):  # enet | median_freq: counted over the train split
-        from segkit.data.class_weights import class_weights
-
-        loss_args["class_weights"] = class_weights(datamodule, cfg.loss.class_weights)
-    loss = hydra.utils.instantiate(cfg.loss, **loss_args)
+    loss = hydra.utils.instantiate(resolve_class_weights(cfg.loss, datamodule), ignore_index=datamodule.ignore_index)
     scheduler = hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     return SegmentationModule(
         net=net,
@@ -57,6 +52,20 @@ def build_module(cfg: DictConfig, datamodule: SegmentationDataModule) -> Segment
         config=OmegaConf.to_container(cfg, resolve=True),
         channels_last=bool(cfg.get("channels_last", False)),
     )
+
+
+def resolve_class_weights(loss_cfg: DictConfig, datamodule: SegmentationDataModule) -> DictConfig:
+    """A copy of the loss config where ``class_weights: enet | median_freq`` (on the loss, or on a term of a weighted
+    sum under ``losses:``) is replaced by the list counted over the train split (cached, see class_weights)."""
+    loss_cfg = loss_cfg.copy()
+    terms = loss_cfg.get("losses")
+    nodes = [loss_cfg, *(terms.values() if isinstance(terms, DictConfig) else [])]
+    for node in nodes:
+        if isinstance(node, DictConfig) and isinstance(node.get("class_weights"), str):
+            from segkit.data.class_weights import class_weights
+
+            node.class_weights = class_weights(datamodule, node.class_weights)
+    return loss_cfg
 
 
 def build_trainer(cfg: DictConfig) -> pl.Trainer:

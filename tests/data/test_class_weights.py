@@ -83,3 +83,19 @@ def test_camvid_weights_and_stats(camvid_root, tmp_path, capsys):
     assert len(weights) == 11 and all(w > 0 for w in weights)
     names = dm.class_names
     assert weights[names.index("road")] < 1 < weights[names.index("pole")]  # frequent classes below 1, rare above
+
+
+def test_named_weights_resolve_inside_a_weighted_sum(tiny_cfg, tmp_path, monkeypatch):
+    """`loss=ce_dice loss.losses.ce.class_weights=enet`: the CE term of the sum gets the counted weights."""
+    from segkit.training import build_datamodule, build_module
+
+    monkeypatch.setenv("SEGKIT_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = tiny_cfg(
+        "loss=ce_dice", "loss.losses.ce.class_weights=enet", "data.dataset.num_samples={train: 4, val: 2, test: 2}"
+    )
+    dm = build_datamodule(cfg)
+    module = build_module(cfg, dm)
+    expected = cw.enet_weights(cw.count_pixels(dm.raw_dataset("train"), dm.num_classes))
+    ce = next(term for term in module.loss_fn.modules() if type(term).__name__ == "CrossEntropyLoss")
+    assert ce.weight.tolist() == pytest.approx(expected.tolist(), rel=1e-6)
+    assert cfg.loss.losses.ce.class_weights == "enet"  # the run's config keeps the name
