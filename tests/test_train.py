@@ -68,19 +68,34 @@ def test_missing_checkpoint_is_a_clear_error(tiny_cfg):
 
 
 def test_ddp_two_processes_match_one_process(tiny_cfg, tmp_path):
-    """2 CPU processes (gloo) validate the same weights to the same metrics as 1 process."""
+    """2 CPU processes (gloo, trainer=ddp_sim with SyncBatchNorm) with batch 2 each train the same weights as 1
+    process with batch 4 (the same samples per step, BatchNorm over the global batch, averaged gradients), and
+    validate them to the same metrics."""
     common = [
         "trainer.max_epochs=1",
         "trainer.limit_train_batches=2",
         "test=false",
         "logger=csv",
+        "optimizer=sgd",
         "data.dataset.num_samples={train: 16, val: 10, test: 8}",
         "data.val_batch_size=2",
     ]
-    ddp = train(tiny_cfg(*common, "trainer=ddp_sim", f"paths.output_dir={tmp_path}/ddp"))
+    ddp = train(tiny_cfg(*common, "trainer=ddp_sim", "data.batch_size=2", f"paths.output_dir={tmp_path}/ddp"))
     ckpt = tmp_path / "ddp" / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
-    cfg = tiny_cfg(*common, f"paths.output_dir={tmp_path}/single")
+    cfg = tiny_cfg(*common, "data.batch_size=4", f"paths.output_dir={tmp_path}/single")
+    train(cfg)
+    trained = {
+        run: torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+        for run in ("ddp", "single")
+    }
+    assert trained["ddp"].keys() == trained["single"].keys()
+    moved = 0
+    for key, value in trained["single"].items():
+        assert torch.allclose(trained["ddp"][key].float(), value.float(), atol=2e-5), key
+        moved += "running_var" in key and not torch.allclose(value, torch.ones_like(value))
+    assert moved  # the BatchNorm statistics did update
+
     dm = build_datamodule(cfg)
     module = build_module(cfg, dm)
     import pytorch_lightning as pl

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from segkit import SegkitError
 from segkit.data.datamodule import SegmentationDataModule
 from segkit.models.module import SegmentationModule
+from segkit.sync_batchnorm import CpuSyncBatchNorm
 
 log = logging.getLogger("segkit")
 
@@ -72,17 +73,18 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
     loggers = instantiate_group(cfg.get("logger"), "logger")
     sync_bn = resolve_sync_batchnorm(cfg.trainer)
-    return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, sync_batchnorm=sync_bn)
+    extra = {"plugins": [CpuSyncBatchNorm()]} if sync_bn == "cpu" else {}
+    return hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, sync_batchnorm=sync_bn == "gpu", **extra
+    )
 
 
-def resolve_sync_batchnorm(trainer_cfg: DictConfig) -> bool:
-    """``trainer.sync_batchnorm: true`` becomes SyncBatchNorm only where it can work: DDP over more than one GPU.
-
-    One process has nothing to synchronise; on CPU torch refuses SyncBatchNorm ("SyncBatchNorm layers only work
-    with GPU modules"), so there each process keeps its own BatchNorm statistics and a warning says so.
-    """
+def resolve_sync_batchnorm(trainer_cfg: DictConfig) -> str | None:
+    """Where ``trainer.sync_batchnorm: true`` meets DDP over more than one device: ``"gpu"`` (torch's
+    SyncBatchNorm, through Lightning's ``sync_batchnorm``) or ``"cpu"`` (segkit.sync_batchnorm's all-reduce
+    version for gloo, as a layer-sync plugin); ``None`` when off or with one device (nothing to synchronise)."""
     if not trainer_cfg.get("sync_batchnorm"):
-        return False
+        return None
     accelerator = str(trainer_cfg.get("accelerator", "auto"))
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     devices = trainer_cfg.get("devices", 1)
@@ -92,15 +94,9 @@ def resolve_sync_batchnorm(trainer_cfg: DictConfig) -> bool:
         count = int(devices)
     else:  # a list of device ids, or "0,1"
         count = len(devices) if not isinstance(devices, str) else len([d for d in devices.split(",") if d.strip()])
-    if count <= 1:
-        return False
-    if not on_gpu:
-        log.warning(
-            f"trainer.sync_batchnorm: SyncBatchNorm needs GPU modules; the {count} CPU processes keep "
-            "per-process BatchNorm statistics"
-        )
-        return False
-    return True
+    if count * int(trainer_cfg.get("num_nodes", 1) or 1) <= 1:
+        return None
+    return "gpu" if on_gpu else "cpu"
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
