@@ -24,7 +24,7 @@ class CrossEntropyLoss(nn.Module):
                 f"loss.class_weights={class_weights!r}: names (enet, median_freq) are resolved from the train split by "
                 f"segkit.training.build_module; building the loss directly, pass segkit.data.class_weights' list"
             )
-        weight = torch.as_tensor(list(class_weights), dtype=torch.float32) if class_weights is not None else None
+        weight = _float_buffer(class_weights)
         self.register_buffer("weight", weight, persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -37,13 +37,21 @@ class CrossEntropyLoss(nn.Module):
         )
 
 
-def _valid_pixels(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits N x K and targets N of the pixels whose target is not ``ignore_index``."""
+def _valid_pixels(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int, name: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits N x K and targets N of the pixels whose target is not ``ignore_index`` (checked to be class ids)."""
     num_classes = logits.shape[1]
     flat = logits.movedim(1, -1).reshape(-1, num_classes)
     labels = target.reshape(-1)
     keep = labels != ignore_index
-    return flat[keep], labels[keep]
+    labels = labels[keep]
+    _check_targets(labels, num_classes, name)
+    return flat[keep], labels
+
+
+def _float_buffer(values: Sequence[float] | None) -> torch.Tensor | None:
+    return torch.as_tensor(list(values), dtype=torch.float32) if values is not None else None
 
 
 def _check_targets(labels: torch.Tensor, num_classes: int, name: str) -> None:
@@ -61,14 +69,13 @@ class BCEWithLogitsLoss(nn.Module):
     def __init__(self, ignore_index: int = 255, pos_weight: Sequence[float] | None = None) -> None:
         super().__init__()
         self.ignore_index = ignore_index
-        weight = torch.as_tensor(list(pos_weight), dtype=torch.float32) if pos_weight is not None else None
+        weight = _float_buffer(pos_weight)
         self.register_buffer("pos_weight", weight, persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        flat, labels = _valid_pixels(logits, target, self.ignore_index)
+        flat, labels = _valid_pixels(logits, target, self.ignore_index, "bce")
         if labels.numel() == 0:
             return logits.sum() * 0.0
-        _check_targets(labels, flat.shape[1], "bce")
         one_hot = F.one_hot(labels, flat.shape[1]).to(flat.dtype)
         return F.binary_cross_entropy_with_logits(flat, one_hot, pos_weight=self.pos_weight)
 
@@ -80,14 +87,13 @@ class FocalLoss(nn.Module):
     def __init__(self, ignore_index: int = 255, gamma: float = 2.0, alpha: Sequence[float] | None = None) -> None:
         super().__init__()
         self.ignore_index, self.gamma = ignore_index, gamma
-        weight = torch.as_tensor(list(alpha), dtype=torch.float32) if alpha is not None else None
+        weight = _float_buffer(alpha)
         self.register_buffer("alpha", weight, persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        flat, labels = _valid_pixels(logits, target, self.ignore_index)
+        flat, labels = _valid_pixels(logits, target, self.ignore_index, "focal")
         if labels.numel() == 0:
             return logits.sum() * 0.0
-        _check_targets(labels, flat.shape[1], "focal")
         log_pt = F.log_softmax(flat.float(), dim=1).gather(1, labels[:, None]).squeeze(1)
         loss = -((1.0 - log_pt.exp()) ** self.gamma) * log_pt
         if self.alpha is not None:
@@ -143,10 +149,9 @@ class LovaszSoftmaxLoss(nn.Module):
         self.ignore_index, self.classes = ignore_index, classes
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        flat, labels = _valid_pixels(logits, target, self.ignore_index)
+        flat, labels = _valid_pixels(logits, target, self.ignore_index, "lovasz")
         if labels.numel() == 0:
             return logits.sum() * 0.0
-        _check_targets(labels, flat.shape[1], "lovasz")
         probs = F.softmax(flat.float(), dim=1)
         losses = []
         for c in range(probs.shape[1]):
@@ -188,14 +193,13 @@ class OhemCrossEntropyLoss(nn.Module):
     ) -> None:
         super().__init__()
         self.ignore_index, self.thresh, self.min_kept = ignore_index, thresh, int(min_kept)
-        weight = torch.as_tensor(list(class_weights), dtype=torch.float32) if class_weights is not None else None
+        weight = _float_buffer(class_weights)
         self.register_buffer("weight", weight, persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        flat, labels = _valid_pixels(logits, target, self.ignore_index)
+        flat, labels = _valid_pixels(logits, target, self.ignore_index, "ohem")
         if labels.numel() == 0:
             return logits.sum() * 0.0
-        _check_targets(labels, flat.shape[1], "ohem")
         pixel_loss = F.cross_entropy(flat, labels, weight=self.weight, reduction="none")
         with torch.no_grad():
             prob = F.softmax(flat.float(), dim=1).gather(1, labels[:, None]).squeeze(1)

@@ -9,7 +9,7 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from segkit import SegkitError
 from segkit.data.datamodule import SegmentationDataModule
@@ -58,14 +58,22 @@ def build_module(cfg: DictConfig, datamodule: SegmentationDataModule) -> Segment
 def resolve_class_weights(loss_cfg: DictConfig, datamodule: SegmentationDataModule) -> DictConfig:
     """A copy of the loss config where ``class_weights: enet | median_freq`` (on the loss, or on a term of a weighted
     sum under ``losses:``) is replaced by the list counted over the train split (cached, see class_weights)."""
+    from segkit.data.class_weights import METHODS, class_weights
+
     loss_cfg = loss_cfg.copy()
     terms = loss_cfg.get("losses")
-    nodes = [loss_cfg, *(terms.values() if isinstance(terms, DictConfig) else [])]
-    for node in nodes:
-        if isinstance(node, DictConfig) and isinstance(node.get("class_weights"), str):
-            from segkit.data.class_weights import class_weights
-
-            node.class_weights = class_weights(datamodule, node.class_weights)
+    named = (
+        terms.items() if isinstance(terms, DictConfig) else enumerate(terms) if isinstance(terms, ListConfig) else []
+    )
+    nodes = [("loss", loss_cfg), *((f"loss.losses.{key}", term) for key, term in named)]
+    for key, node in nodes:
+        name = node.get("class_weights") if isinstance(node, DictConfig) else None
+        if isinstance(name, str):
+            if name not in METHODS:
+                raise SegkitError(
+                    f"{key}.class_weights={name!r}; use one of {list(METHODS)}, a list of floats, or null"
+                )
+            node.class_weights = class_weights(datamodule, name)
     return loss_cfg
 
 

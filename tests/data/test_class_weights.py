@@ -99,3 +99,8 @@ def test_named_weights_resolve_inside_a_weighted_sum(tiny_cfg, tmp_path, monkeyp
     ce = next(term for term in module.loss_fn.modules() if type(term).__name__ == "CrossEntropyLoss")
     assert ce.weight.tolist() == pytest.approx(expected.tolist(), rel=1e-6)
     assert cfg.loss.losses.ce.class_weights == "enet"  # the run's config keeps the name
+    listed = tiny_cfg("loss=ce_lovasz", "+loss.losses.0.class_weights=enet")  # the list form of a sum
+    ce = next(t for t in build_module(listed, dm).loss_fn.modules() if type(t).__name__ == "CrossEntropyLoss")
+    assert ce.weight.tolist() == pytest.approx(expected.tolist(), rel=1e-6)
+    with pytest.raises(SegkitError, match=r"^loss.losses.ce.class_weights='inverse'; use one of \['enet'"):
+        build_module(tiny_cfg("loss=ce_dice", "loss.losses.ce.class_weights=inverse"), dm)
