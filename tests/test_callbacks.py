@@ -113,7 +113,7 @@ def test_local_curves_png(run_dir):
 
 
 def test_ema_weights_are_checkpointed_and_differ_from_raw(run_dir):
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     ema, raw = ckpt["state_dict"], ckpt["current_model_state"]
     weights = [k for k in raw if k.endswith("weight") and raw[k].is_floating_point()]
     assert weights and any(not torch.equal(ema[k], raw[k]) for k in weights)

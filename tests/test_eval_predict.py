@@ -147,13 +147,13 @@ def test_predict_on_a_video(trained, tmp_path):
 def test_checkpoint_errors_are_one_clear_line(trained, tmp_path):
     with pytest.raises(SegkitError, match="does not exist"):
         load_model(tmp_path / "nope.ckpt")
-    ckpt = torch.load(trained["last"], map_location="cpu", weights_only=False)
+    ckpt = torch.load(trained["last"], map_location="cpu", weights_only=True)
 
     unknown = dict(
         ckpt, hyper_parameters={**ckpt["hyper_parameters"], "model": {"_target_": "segkit.models.nets.nope.Nope"}}
     )
     torch.save(unknown, tmp_path / "unknown.ckpt")
-    with pytest.raises(SegkitError, match="unknown architecture 'segkit.models.nets.nope.Nope'"):
+    with pytest.raises(SegkitError, match="unknown architecture 'segkit.models.nets.nope.Nope'.*update segkit"):
         load_model(tmp_path / "unknown.ckpt")
 
     other = dict(ckpt, segkit={**ckpt["segkit"], "num_classes": 9, "class_names": [str(i) for i in range(9)]})
@@ -163,6 +163,10 @@ def test_checkpoint_errors_are_one_clear_line(trained, tmp_path):
 
     with pytest.raises(SegkitError, match="predicts 6 classes but data 'camvid' has 11"):
         evaluate(eval_cfg(tmp_path, f"ckpt={trained['last']}", "data=camvid", f"data.root={tmp_path}"))
+
+    renamed = [f"data.labels.classes.{i}.name=c{i}" for i in range(6)]
+    with pytest.raises(SegkitError, match=r"trained on classes \['background', 'disc'.* has \['c0', 'c1'"):
+        evaluate(eval_cfg(tmp_path, f"ckpt={trained['last']}", "data=synthetic", *renamed))
 
     torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
     with pytest.raises(SegkitError, match="not a segkit checkpoint"):

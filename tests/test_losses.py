@@ -84,6 +84,26 @@ def test_dice():
     assert only_present.item() == pytest.approx(1 - (dice0 + dice1) / 2, abs=1e-6)
 
 
+def test_dice_absent_classes_add_no_loss_by_default():
+    """K=150 with 2 classes present (ADE20K-like): the default scores the 2 present classes only; averaging
+    over all 150 would let the 148 absent ones decide the loss."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 150, 8, 8)
+    target = torch.randint(0, 2, (2, 8, 8)) * 7  # classes 0 and 7
+    probs = logits.softmax(1)
+    by_hand = []
+    for c in (0, 7):
+        g = (target == c).float()
+        by_hand.append((2 * (probs[:, c] * g).sum() + 1) / (probs[:, c].sum() + g.sum() + 1))
+    expected = 1 - torch.stack(by_hand).mean()
+    assert DiceLoss()(logits, target).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert DiceLoss(present_only=False)(logits, target).item() != pytest.approx(expected.item(), rel=1e-2)
+    for choice in ("dice", "ce_dice"):
+        loss = hydra.utils.instantiate(compose_config("train", [f"loss={choice}"]).loss, ignore_index=255)
+        dice = loss if isinstance(loss, DiceLoss) else next(m for m in loss.modules() if isinstance(m, DiceLoss))
+        assert dice.present_only, choice
+
+
 def test_lovasz_softmax():
     # class 1: errors |g - p| = (0.2, 0.6, 0.1); sorted 0.6 (fg), 0.2 (fg), 0.1 (bg)
     # Jaccard after each prefix: 1 - (2-1)/(2+0) = 0.5, 1 - 0/2 = 1, 1 - 0/3 = 1 -> gradient (0.5, 0.5, 0)

@@ -86,7 +86,7 @@ def test_ddp_two_processes_match_one_process(tiny_cfg, tmp_path):
     cfg = tiny_cfg(*common, "data.batch_size=4", f"paths.output_dir={tmp_path}/single")
     train(cfg)
     trained = {
-        run: torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+        run: torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
         for run in ("ddp", "single")
     }
     assert trained["ddp"].keys() == trained["single"].keys()
@@ -101,7 +101,7 @@ def test_ddp_two_processes_match_one_process(tiny_cfg, tmp_path):
     import pytorch_lightning as pl
 
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
-    (single,) = trainer.validate(module, datamodule=dm, ckpt_path=str(ckpt), weights_only=False)
+    (single,) = trainer.validate(module, datamodule=dm, ckpt_path=str(ckpt), weights_only=True)
     for key in ("val/mIoU", "val/pixAcc", "val/mAcc", "val/fwIoU", "val/IoU/box"):
         assert single[key] == pytest.approx(ddp[key], abs=1e-6), key
     assert single["val/loss"] == pytest.approx(ddp["val/loss"], rel=1e-4)

@@ -19,6 +19,7 @@ from torch import nn
 
 from segkit import SegkitError
 from segkit.data.labels import LabelTable
+from segkit.safe_config import check_data_config, check_net_config
 
 log = logging.getLogger("segkit")
 
@@ -81,40 +82,43 @@ def resolve_source(ckpt: str | Path | None, run_dir: str | Path | None = None) -
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """``torch.load`` on CPU; tensors-and-plain-types first, full unpickling only for checkpoints that need it."""
+    """``torch.load(..., weights_only=True)`` on CPU, never anything else: a checkpoint is untrusted input, and
+    unpickling arbitrary objects would run whatever code the file names. segkit writes tensors and plain types
+    only, so its own checkpoints always load this way."""
     path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # Lightning may store non-plain objects (e.g. AttributeDict); the file is the user's own
-        try:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:
-            raise SegkitError(f"cannot read checkpoint '{path}': {type(err).__name__}: {err}") from err
-
-
-def build_net(model_cfg: Mapping, num_classes: int, in_channels: int = 3, for_weights: bool = False) -> nn.Module:
-    """Instantiate a ``conf/model`` config; ``for_weights`` skips downloading pretrained backbones whose
-    weights a checkpoint is about to replace."""
-    cfg = dict(OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig) else model_cfg)
-    cfg.pop("aux_weights", None)
-    target = cfg.get("_target_")
-    if not target:
-        raise SegkitError(
-            "the model config has no _target_; it must name a network class, e.g. segkit.models.nets.unet.UNet"
-        )
-    try:
-        hydra.utils.get_object(target)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise SegkitError(
-            f"unknown architecture '{target}': no such class in this segkit version "
-            f"({type(err).__name__}); update segkit or pick a model from conf/model"
-        ) from err
+            f"cannot read checkpoint '{path}': it is not a segkit checkpoint or holds objects segkit will not "
+            f"unpickle ({type(err).__name__}); use a .ckpt written by src/train.py"
+        ) from None
+    if not isinstance(checkpoint, dict):
+        raise SegkitError(
+            f"'{path}' holds a {type(checkpoint).__name__}, not a segkit checkpoint; use a .ckpt written by src/train.py"
+        )
+    return checkpoint
+
+
+def build_net(
+    model_cfg: Mapping, num_classes: int, in_channels: int = 3, for_weights: bool = False, source: str = "model"
+) -> nn.Module:
+    """Instantiate a ``conf/model`` config whose ``_target_`` is a segkit net or a torchvision model builder
+    (``check_net_config``); ``for_weights`` skips downloading pretrained backbones whose weights a checkpoint is
+    about to replace. ``source`` names where the config came from in errors."""
+    cfg = dict(OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig) else model_cfg)
+    cfg.pop("aux_weights", None)
+    target = check_net_config(cfg, source)
     if for_weights:
         cfg.update({k: None if k == "weights_path" else False for k in ("pretrained", "weights_path") if k in cfg})
     try:
         return hydra.utils.instantiate(cfg, num_classes=num_classes, in_channels=in_channels)
+    except SegkitError:
+        raise
     except Exception as err:
         cause = err.__cause__ or err
+        if isinstance(cause, SegkitError):
+            raise cause from None
         raise SegkitError(f"cannot build model '{target}': {type(cause).__name__}: {cause}") from err
 
 
@@ -159,11 +163,15 @@ def load_model(
             f"'{path}' is not a segkit checkpoint (no state_dict or no model config in "
             "hyper_parameters); use a .ckpt written by src/train.py"
         )
+    source = f"checkpoint '{path}'" if saved_config is None else f"run config '{path.parent.parent}/.hydra'"
+    check_net_config(config["model"], source)
+    if config.get("data"):
+        check_data_config(config["data"], source)
     info = checkpoint.get("segkit") or {}
     state = {k[len("net.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
     num_classes = int(info.get("num_classes") or _classifier_width(state))
     in_channels = int((config.get("data") or {}).get("in_channels", 3))
-    net = build_net(config["model"], num_classes, in_channels, for_weights=True)
+    net = build_net(config["model"], num_classes, in_channels, for_weights=True, source=source)
     check_weights_fit(net, state, path, num_classes)
     net.load_state_dict(state)
     names, colors = _labels(config, info)

@@ -23,14 +23,28 @@ def run_task(task: Callable[[DictConfig], dict], cfg: DictConfig) -> float | Non
         print_config(cfg)
     try:
         metrics = task(cfg)
-    except SegkitError as err:
-        log.error(f"error: {err}")
+    except Exception as err:
+        cause = segkit_cause(err)
+        if cause is None:
+            raise
+        log.error(f"error: {cause}")
         sys.exit(1)
     name = cfg.get("optimized_metric")
     if not name:
         return None
     value = metrics.get(f"best/{name}", metrics.get(name))
     return None if value is None else float(value)
+
+
+def segkit_cause(err: BaseException) -> SegkitError | None:
+    """The ``SegkitError`` behind ``err`` (Hydra wraps errors raised while instantiating), or None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, SegkitError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def print_config(cfg: DictConfig) -> None:

@@ -22,9 +22,11 @@ from tqdm import tqdm
 
 from segkit import SegkitError
 from segkit.checkpoint import LoadedModel, load_model
-from segkit.data.datamodule import SegmentationDataModule
-from segkit.inference import WholeImage, predict_probs
+from segkit.data.datamodule import SegmentationDataModule, collate_eval
+from segkit.inference import WholeImage, at_label_size, predict_probs
 from segkit.metrics import SegmentationMetrics, scores_from_confusion
+from segkit.safe_config import check_data_config
+from segkit.training import instantiate_datamodule
 from segkit.visualize import colorize, save_confusion_png
 
 log = logging.getLogger("segkit")
@@ -47,15 +49,30 @@ def eval_datamodule(cfg: DictConfig, model: LoadedModel) -> SegmentationDataModu
     data_cfg = OmegaConf.create(OmegaConf.to_container(chosen, resolve=True) if chosen else model.config.get("data"))
     if not data_cfg:
         raise SegkitError("the checkpoint stores no data config; choose one, e.g. data=camvid data.root=...")
+    if not chosen:  # the checkpoint's own data config: build only segkit's data classes from it
+        check_data_config(data_cfg, f"checkpoint '{model.path}'")
     if cfg.get("data_root"):
         data_cfg.root = str(cfg.data_root)
-    datamodule = hydra.utils.instantiate(data_cfg, _recursive_=True)
+    datamodule = instantiate_datamodule(data_cfg)
     if datamodule.num_classes != model.num_classes:
         raise SegkitError(
             f"checkpoint '{model.path}' predicts {model.num_classes} classes but data '{datamodule.name}' has "
             f"{datamodule.num_classes}; evaluate on the dataset it was trained on or pick a matching data= group"
         )
+    if tuple(datamodule.class_names) != tuple(model.class_names):
+        raise SegkitError(
+            f"checkpoint '{model.path}' was trained on classes {list(model.class_names)} but data "
+            f"'{datamodule.name}' (table '{datamodule.labels.name}') has {list(datamodule.class_names)}; "
+            f"choose the label table it was trained with (data/labels=...)"
+        )
     return datamodule
+
+
+def _same_size_groups(images, masks) -> list[tuple[torch.Tensor, Any]]:
+    """A stacked batch as is; a list of mixed-size images one at a time (with its mask)."""
+    if isinstance(images, torch.Tensor):
+        return [(images, masks)]
+    return [(image[None], mask[None]) for image, mask in zip(images, masks, strict=True)]
 
 
 def sample_names(dataset: Any, count: int) -> list[str]:
@@ -132,7 +149,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     split = str(cfg.get("split", "val"))
     dataset = datamodule.split_dataset(split)
     loader = DataLoader(
-        dataset, batch_size=int(cfg.get("batch_size") or 1), shuffle=False, num_workers=int(cfg.get("num_workers") or 0)
+        dataset,
+        batch_size=int(cfg.get("batch_size") or 1),
+        shuffle=False,
+        num_workers=int(cfg.get("num_workers") or 0),
+        collate_fn=collate_eval,
     )
     mode = hydra.utils.instantiate(cfg.inference) if cfg.get("inference") else WholeImage()
     out_dir = Path(cfg.output_dir)
@@ -151,18 +172,21 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     metrics = SegmentationMetrics(model.num_classes, datamodule.ignore_index, model.class_names).to(device)
     seen = 0
     for images, masks in tqdm(loader, desc=f"eval {split}", disable=not cfg.get("progress", True)):
-        try:
-            probs = predict_probs(model.net, images.to(device), mode, str(cfg.get("precision", "fp32")))
-        except torch.OutOfMemoryError as err:
-            raise SegkitError(
-                "out of GPU memory; use inference=slide, a smaller batch_size, or precision=fp16"
-            ) from err
-        preds = probs.argmax(1)
-        metrics.update(preds, masks.to(device))
-        if writer is not None:
-            for pred in preds.cpu().numpy():
-                writer.write(names[seen], pred)
-                seen += 1
+        for batch, targets in _same_size_groups(images, masks):
+            try:
+                probs = predict_probs(model.net, batch.to(device), mode, str(cfg.get("precision", "fp32")))
+            except torch.OutOfMemoryError as err:
+                raise SegkitError(
+                    "out of GPU memory; use inference=slide, a smaller batch_size, or precision=fp16"
+                ) from err
+            targets = targets.to(device) if isinstance(targets, torch.Tensor) else [t.to(device) for t in targets]
+            for scores, target in at_label_size(probs, targets):  # scored at the labels' own resolution
+                preds = scores.argmax(1)
+                metrics.update(preds, target)
+                if writer is not None:
+                    for pred in preds.cpu().numpy():
+                        writer.write(names[seen], pred)
+                        seen += 1
 
     confusion = metrics.confmat.detach().cpu()
     scores = scores_from_confusion(confusion)

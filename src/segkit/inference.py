@@ -35,6 +35,21 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
+def at_label_size(
+    scores: torch.Tensor, masks: torch.Tensor | Sequence[torch.Tensor]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(scores, masks)`` pairs at the masks' own resolution, ready to argmax and score.
+
+    ``scores`` (B x K x h x w logits or probabilities of a possibly resized input) are resized bilinearly to the
+    masks where sizes differ, as mmseg and the official benchmark scripts do, so a net that saw a downscaled image
+    is still scored against every labelled pixel. ``masks`` is a B x H x W tensor or a list of H_i x W_i tensors
+    (a batch of mixed original sizes): one pair for the batch, or one per image.
+    """
+    if isinstance(masks, torch.Tensor):
+        return [(_resize(scores, tuple(masks.shape[-2:])), masks)]
+    return [(_resize(scores[i : i + 1], tuple(m.shape[-2:])), m[None]) for i, m in enumerate(masks)]
+
+
 class WholeImage:
     """The net sees the full image once (nets accept any size)."""
 

@@ -102,15 +102,20 @@ class FocalLoss(nn.Module):
 
 
 class DiceLoss(nn.Module):
-    """Soft Dice: ``1 - (2 sum(p g) + s) / (sum(p) + sum(g) + s)`` per class over the batch, averaged over classes.
-    Scores overlap directly, so small classes count as much as large ones.
+    """Soft Dice: ``1 - (2 sum(p g) + s) / (sum(p) + sum(g) + s)`` per class over the batch, averaged over the
+    classes present in the batch's target. Scores overlap directly, so small classes count as much as large ones.
+
+    Classes absent from the target add no loss by default (as in segmentation_models_pytorch's DiceLoss): with
+    ``present_only=False`` each absent class adds up to ``1/K`` for any probability it receives, which on
+    ADE20K's 150 classes swamps the few classes an image holds.
 
     Args:
         smooth: the ``s`` above; keeps the ratio defined for classes absent from batch and prediction.
-        present_only: average only over classes that occur in the target (absent classes otherwise score 1).
+        present_only: average only over classes that occur in the target (the default); ``False`` averages
+            over all K classes.
     """
 
-    def __init__(self, ignore_index: int = 255, smooth: float = 1.0, present_only: bool = False) -> None:
+    def __init__(self, ignore_index: int = 255, smooth: float = 1.0, present_only: bool = True) -> None:
         super().__init__()
         self.ignore_index, self.smooth, self.present_only = ignore_index, smooth, present_only
 

@@ -9,9 +9,11 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 import torch
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from segkit import SegkitError
+from segkit.cli import segkit_cause
 from segkit.data.datamodule import SegmentationDataModule
 from segkit.models.module import SegmentationModule
 from segkit.sync_batchnorm import CpuSyncBatchNorm
@@ -32,7 +34,18 @@ def instantiate_group(cfg: DictConfig | None, group: str) -> list[Any]:
 
 
 def build_datamodule(cfg: DictConfig) -> SegmentationDataModule:
-    return hydra.utils.instantiate(cfg.data, _recursive_=True)
+    return instantiate_datamodule(cfg.data)
+
+
+def instantiate_datamodule(data_cfg: DictConfig) -> SegmentationDataModule:
+    """``data`` config -> data module; a ``SegkitError`` raised inside Hydra's instantiation surfaces as itself."""
+    try:
+        return hydra.utils.instantiate(data_cfg, _recursive_=True)
+    except InstantiationException as err:  # a bad table or transform key: its own one-line message
+        cause = segkit_cause(err)
+        if cause is None:
+            raise
+        raise cause from None
 
 
 def build_module(cfg: DictConfig, datamodule: SegmentationDataModule) -> SegmentationModule:
@@ -127,7 +140,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cfg.get("test") and datamodule.splits.get("test"):
         try:
-            test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
+            test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         except SegkitError as err:  # e.g. a dataset copy without its test split: keep the trained run's result
             log.warning(f"test skipped: {err} (or set test=false / data.splits.test=val)")
             test_metrics = []

@@ -32,6 +32,16 @@ def test_cityscapes_label_ids_and_precomputed_train_ids(tmp_path):
     assert pre.train_ids and set(np.unique(pre[0][1]).tolist()) == {0, 13, 255}
 
 
+def test_cityscapes_train_ids_files_serve_only_tables_they_can_answer(tmp_path):
+    """labelTrainIds files have lost parking, caravan, ...: a table that needs them is refused, naming the file."""
+    root = trees.cityscapes_tree(tmp_path / "pre", train_ids=True)
+    official = Cityscapes(root, "val", load_table("cityscapes_categories"))  # ignores exactly the lost labels
+    assert set(np.unique(official[0][1]).tolist()) <= {0, 6, 255}
+    for table in ("cityscapes_categories_merge_all", "cityscapes_person", "cityscapes_categories_void"):
+        with pytest.raises(SegkitError, match=rf"label table '{table}' gives .*_gtFine_labelTrainIds.png' .*labelIds"):
+            Cityscapes(root, "val", load_table(table))
+
+
 def test_cityscapes_coarse_and_missing_split_print_the_layout(tmp_path):
     root = trees.cityscapes_tree(tmp_path)
     with pytest.raises(

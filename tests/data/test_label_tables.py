@@ -48,6 +48,8 @@ OFFICIAL = {
     32: (17, 7),
     33: (18, 7),
 }
+# cityscapesScripts labels.py, column ignoreInEval: the labelIds its category scores leave out.
+IGNORE_IN_EVAL = {0, 1, 2, 3, 4, 5, 6, 9, 10, 14, 15, 16, 18, 29, 30}
 ALL_IDS = np.arange(34, dtype=np.uint8)[None, :]
 VEHICLE = ["car", "truck", "bus", "train", "motorcycle", "bicycle", "caravan", "trailer"]
 
@@ -58,8 +60,57 @@ def test_cityscapes_19_maps_every_label_id_to_its_official_train_id():
     assert table.remap(ALL_IDS)[0].tolist() == [OFFICIAL[i][0] for i in range(34)]
 
 
-def test_cityscapes_categories_map_every_label_id_to_its_category():
-    flat = load_table("cityscapes_categories")
+def test_cityscapes_categories_is_the_official_category_table():
+    official = load_table("cityscapes_categories")
+    assert official.names == ("flat", "construction", "object", "nature", "sky", "human", "vehicle")
+    expected = [255 if i in IGNORE_IN_EVAL else OFFICIAL[i][1] - 1 for i in range(34)]
+    assert official.remap(ALL_IDS)[0].tolist() == expected
+
+
+def _official_category_iou(gt: np.ndarray, pred: np.ndarray) -> list[float]:
+    """cityscapesScripts getIouScoreForCategory, written out: a confusion matrix over labelIds, each category
+    scored over its labels that are not ignoreInEval, against the other evaluated labels only."""
+    conf = np.zeros((34, 34), dtype=np.int64)
+    np.add.at(conf, (gt.ravel(), pred.ravel()), 1)
+    evaluated = [i for i in range(34) if i not in IGNORE_IN_EVAL]
+    ious = []
+    for category in range(1, 8):
+        inside = [i for i in evaluated if OFFICIAL[i][1] == category]
+        outside = [i for i in evaluated if OFFICIAL[i][1] != category]
+        tp = conf[np.ix_(inside, inside)].sum()
+        fp = conf[np.ix_(outside, inside)].sum()
+        fn = conf[np.ix_(inside, outside)].sum()
+        ious.append(tp / (tp + fp + fn))
+    return ious
+
+
+def test_cityscapes_categories_scores_equal_the_official_category_iou():
+    import torch
+
+    from segkit.metrics import SegmentationMetrics
+
+    table = load_table("cityscapes_categories")
+    rng = np.random.default_rng(0)
+    gt = rng.integers(0, 34, size=(4, 40, 50))
+    evaluated = np.array([i for i in range(34) if i not in IGNORE_IN_EVAL])
+    pred = np.where(rng.random(gt.shape) < 0.6, gt, rng.choice(evaluated, size=gt.shape))
+    pred = np.where(np.isin(pred, evaluated), pred, rng.choice(evaluated, size=gt.shape))  # a net predicts classes
+
+    def remap(t, masks):
+        return torch.from_numpy(np.stack([t.remap(m) for m in masks]))
+
+    metrics = SegmentationMetrics(table.num_classes, table.ignore_index)
+    metrics.update(remap(table, pred), remap(table, gt))
+    ours = metrics.compute()["IoU"].tolist()
+    assert ours == pytest.approx(_official_category_iou(gt, pred), abs=1e-12)
+    merged = load_table("cityscapes_categories_merge_all")  # the merge-everything variant scores otherwise
+    metrics = SegmentationMetrics(merged.num_classes, merged.ignore_index)
+    metrics.update(remap(merged, pred), remap(merged, gt))
+    assert metrics.compute()["IoU"].tolist() != pytest.approx(_official_category_iou(gt, pred), abs=1e-3)
+
+
+def test_cityscapes_categories_merge_all_maps_every_label_id_to_its_category():
+    flat = load_table("cityscapes_categories_merge_all")
     assert flat.names == ("flat", "construction", "object", "nature", "sky", "human", "vehicle")
     assert flat.remap(ALL_IDS)[0].tolist() == [OFFICIAL[i][1] - 1 if OFFICIAL[i][1] else 255 for i in range(34)]
     void = load_table("cityscapes_categories_void")
@@ -86,7 +137,7 @@ def test_categories_table_equals_cityscapes_19_merged_by_name():
         "vehicle": VEHICLE,
     }
     merged = load_table({"base": "cityscapes_19", "merge": merge})
-    categories = load_table("cityscapes_categories")
+    categories = load_table("cityscapes_categories_merge_all")
     assert merged.names == categories.names
     assert np.array_equal(merged.remap(ALL_IDS), categories.remap(ALL_IDS))
 

@@ -13,6 +13,7 @@ from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.loggers import WandbLogger
 
 from segkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from segkit.inference import at_label_size
 from segkit.metrics import scores_from_confusion
 
 MAX_TAG_LENGTH = 64  # W&B's limit
@@ -98,9 +99,10 @@ class WandbDashboard(Callback):
             return
         images, masks = batch[0][:missing], batch[1][:missing]
         with torch.no_grad():
-            preds = pl_module(images).argmax(1)
-        for image, mask, pred in zip(images, masks, preds, strict=True):
-            self._examples.append((self._to_uint8(image), mask.cpu().numpy(), pred.cpu().numpy()))
+            for image, mask in zip(images, masks, strict=True):
+                ((scores, _),) = at_label_size(pl_module(image[None]).float(), mask[None])
+                shown = self._to_uint8(_resized(image, tuple(mask.shape[-2:])))
+                self._examples.append((shown, mask.cpu().numpy(), scores.argmax(1)[0].cpu().numpy()))
 
     def _to_uint8(self, image: torch.Tensor) -> np.ndarray:
         """Undo the normalisation of a C x H x W tensor; RGB(-D) -> H x W x 3 uint8 (extra channels dropped)."""
@@ -180,3 +182,10 @@ def _class_colors(trainer: Trainer, num_classes: int) -> list | None:
     labels = getattr(getattr(trainer, "datamodule", None), "labels", None)
     colors = getattr(labels, "colors", None)
     return list(colors) if colors is not None and len(colors) == num_classes else None
+
+
+def _resized(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A C x H x W image at the size of its (full-resolution) mask, for drawing the two together."""
+    if tuple(image.shape[-2:]) == size:
+        return image
+    return torch.nn.functional.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)[0]

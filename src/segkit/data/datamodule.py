@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+import cv2
 import numpy as np
 import torch
 from pytorch_lightning import LightningDataModule
@@ -19,10 +20,14 @@ class TransformedDataset(Dataset):
     """Applies an albumentations pipeline to ``(image, mask)`` and returns ``(float CxHxW, int64 HxW)``.
 
     Accepts an index or an ``(index, seed)`` pair from ``SeededSampler``; the seed fixes the augmentation.
+    With ``full_mask`` (validation and test) the mask is returned as read, at its original size, whatever the
+    transform does to the image: scores are computed at the labels' own resolution, the net's logits being
+    resized back to the mask (``segkit.models.module.logits_at``). Eval transforms may therefore resize the
+    image but must not crop or flip it.
     """
 
-    def __init__(self, dataset: Dataset, transform: Callable | None) -> None:
-        self.dataset, self.transform = dataset, transform
+    def __init__(self, dataset: Dataset, transform: Callable | None, full_mask: bool = False) -> None:
+        self.dataset, self.transform, self.full_mask = dataset, transform, full_mask
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -30,6 +35,7 @@ class TransformedDataset(Dataset):
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         index, seed = item if isinstance(item, tuple) else (item, None)
         image, mask = self.dataset[index]
+        original = mask
         mask = mask.astype(np.uint8)  # train ids < 256: OpenCV resizes/warps uint8 masks, not int64
         if self.transform is not None:
             if seed is not None:
@@ -38,8 +44,34 @@ class TransformedDataset(Dataset):
             image, mask = out["image"], out["mask"]
         if not isinstance(image, torch.Tensor):
             image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
-        mask = torch.as_tensor(np.asarray(mask), dtype=torch.int64)
+        mask = torch.as_tensor(np.asarray(original if self.full_mask else mask), dtype=torch.int64)
         return image, mask
+
+
+def check_mask_fill(transform: Callable, ignore_index: int, table: str) -> None:
+    """Padding and rotation must fill masks with the table's ignore id, or the filled border trains as a class."""
+    for step in getattr(transform, "transforms", []):
+        if hasattr(step, "pad_if_needed"):  # crops fill only when they pad
+            pads = bool(step.pad_if_needed)
+        else:  # PadIfNeeded, rotations, affine warps
+            pads = getattr(step, "border_mode", None) == cv2.BORDER_CONSTANT
+        fill = getattr(step, "fill_mask", None) if pads else None
+        if fill is not None and not isinstance(fill, (list, tuple)) and int(fill) != ignore_index:
+            raise SegkitError(
+                f"data.train_transform fills masks with {int(fill)} ({type(step).__name__}) but label table "
+                f"'{table}' ignores {ignore_index}; set data.train_transform.ignore_index={ignore_index}"
+            )
+
+
+def collate_eval(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple:
+    """Stacks images and masks where they agree in size; otherwise keeps them as lists, so a batch may mix
+    original sizes (full-resolution masks of a resized input, or whole images of different shapes)."""
+    images, masks = zip(*batch, strict=True)
+
+    def stack(items: tuple[torch.Tensor, ...]) -> torch.Tensor | list[torch.Tensor]:
+        return torch.stack(items) if len({tuple(t.shape) for t in items}) == 1 else list(items)
+
+    return stack(images), stack(masks)
 
 
 class SegmentationDataModule(LightningDataModule):
@@ -80,6 +112,11 @@ class SegmentationDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         self.labels: LabelTable = load_table(labels, unknown=unknown_ids, reduce_zero_label=reduce_zero_label)
+        if not 0 <= self.labels.ignore_index <= 255:
+            raise SegkitError(
+                f"label table '{self.labels.name}': ignore_index={self.labels.ignore_index}; masks travel through "
+                f"the transforms as uint8, so use a value from {self.labels.num_classes} to 255 (255 is usual)"
+            )
         expected = 4 if use_depth else 3
         if in_channels is None:
             in_channels = expected
@@ -91,7 +128,10 @@ class SegmentationDataModule(LightningDataModule):
         self.use_depth = use_depth
         self.dataset_factory = dataset
         self.splits = dict(splits or {"train": "train", "val": "val", "test": "test"})
-        self.train_transform = train_transform if train_transform is not None else train_transforms()
+        self.train_transform = (
+            train_transform if train_transform is not None else train_transforms(ignore_index=self.ignore_index)
+        )
+        check_mask_fill(self.train_transform, self.ignore_index, self.labels.name)
         self.val_transform = val_transform if val_transform is not None else eval_transforms()
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.num_workers = num_workers
@@ -118,7 +158,7 @@ class SegmentationDataModule(LightningDataModule):
             if split is None:
                 raise SegkitError(f"data.splits has no split for stage '{stage}'; set data.splits.{stage}=<name>")
             transform = self.train_transform if stage == "train" else self.val_transform
-            self._datasets[stage] = TransformedDataset(self.raw_dataset(stage), transform)
+            self._datasets[stage] = TransformedDataset(self.raw_dataset(stage), transform, full_mask=stage != "train")
         return self._datasets[stage]
 
     def raw_dataset(self, stage: str) -> Dataset:
@@ -159,13 +199,17 @@ class SegmentationDataModule(LightningDataModule):
     def _eval_loader(self, stage: str) -> DataLoader:
         dataset = self.split_dataset(stage)
         world, rank = self._world()
-        return self._loader(dataset, UnpaddedDistributedSampler(dataset, world, rank), self.val_batch_size)
+        sampler = UnpaddedDistributedSampler(dataset, world, rank)
+        return self._loader(dataset, sampler, self.val_batch_size, collate_fn=collate_eval)
 
-    def _loader(self, dataset: Dataset, sampler, batch_size: int, drop_last: bool = False) -> DataLoader:
+    def _loader(
+        self, dataset: Dataset, sampler, batch_size: int, drop_last: bool = False, collate_fn=None
+    ) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
+            collate_fn=collate_fn,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             drop_last=drop_last,

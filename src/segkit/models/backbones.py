@@ -78,8 +78,9 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001
         raise SegkitError(
-            f"weights file '{path}' could not be read ({err}); save it with torch.save(model.state_dict())"
-        ) from err
+            f"weights file '{path}' could not be read as tensors ({type(err).__name__}): it is not a state dict or "
+            f"holds objects segkit will not unpickle; save it with torch.save(model.state_dict())"
+        ) from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from pytorch_lightning import LightningModule
 from torch import nn
 
+from segkit.inference import at_label_size
 from segkit.metrics import SegmentationMetrics
 
 
@@ -87,12 +88,30 @@ class SegmentationModule(LightningModule):
         return loss
 
     def _eval_step(self, batch, metrics: SegmentationMetrics, prefix: str) -> None:
+        """Scores at the labels' own resolution: logits of a resized input are resized back to each mask (see
+        ``TransformedDataset(full_mask=True)``). The loss is the training loss where the net's output already
+        has the mask's size, else the main head's loss at the mask's size. A list of images (mixed sizes) runs
+        one image at a time."""
         images, masks = batch
-        logits, loss, _ = self._loss(self.net(images), masks)
+        if isinstance(images, torch.Tensor):
+            batches = [(self.net(images), masks)]
+        else:
+            batches = [(self.net(image[None]), mask[None]) for image, mask in zip(images, masks, strict=True)]
+        total, count = 0.0, 0
+        for outputs, target in batches:
+            logits = outputs["out"] if isinstance(outputs, Mapping) else outputs
+            if isinstance(target, torch.Tensor) and target.shape[-2:] == logits.shape[-2:]:
+                _, loss, _ = self._loss(outputs, target)
+                pairs = [(logits, target)]
+            else:
+                pairs = at_label_size(logits.float(), target)
+                loss = sum(self.loss_fn(scores, mask) * mask.shape[0] for scores, mask in pairs) / len(target)
+            for scores, mask in pairs:
+                metrics.update(scores.argmax(1), mask)
+            total, count = total + loss * len(target), count + len(target)
         self.log(
-            f"{prefix}/loss", loss, on_epoch=True, prog_bar=prefix == "val", sync_dist=True, batch_size=images.shape[0]
+            f"{prefix}/loss", total / count, on_epoch=True, prog_bar=prefix == "val", sync_dist=True, batch_size=count
         )
-        metrics.update(logits.argmax(1), masks)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val")

@@ -3,7 +3,8 @@
 Masks are the official ``*_labelIds.png`` (0..33) remapped by the chosen label table, so one set of
 files serves the 19-class, category and custom tables. Precomputed ``*_labelTrainIds.png`` are
 accepted too: they are lifted back to a labelId per trainId first (ids the trainId files dropped to
-255 come back as 0, "unlabeled").
+255 come back as 0, "unlabeled"); a table that needs one of the dropped labels (parking, caravan, ...) is
+refused with that file named, rather than silently relabelling those pixels.
 """
 
 from __future__ import annotations
@@ -105,11 +106,32 @@ class Cityscapes(PairedFilesDataset):
             for img, (city, stem) in zip(images, stems, strict=True)
         ]
         check_pairs_exist(pairs, f"Cityscapes {split} ({gt} *_{suffix}.png)")
+        if self.train_ids:
+            check_train_ids_suffice(labels, pairs[0][1])
         super().__init__(pairs, labels, name=f"Cityscapes {split}")
 
     def read_raw_mask(self, path: Path) -> np.ndarray:
         mask = read_mask(path)
         return _TRAIN_TO_LABEL[mask] if self.train_ids else mask
+
+
+def check_train_ids_suffice(labels: LabelTable, example: Path) -> None:
+    """``*_labelTrainIds.png`` drop every label without a trainId to 255 (read back as 0, "unlabeled"): a table
+    that gives any of those labels another train id than "unlabeled" needs the original labelIds, and is refused."""
+    dropped = [(name, label_id) for name, label_id, train_id, _, _ in LABELS if train_id == 255 and label_id != 0]
+    ids = np.array([[label_id for _, label_id in dropped] + [0]])
+    with np.errstate(all="ignore"):
+        try:
+            out = labels.remap(ids, source="Cityscapes label check")[0]
+        except SegkitError:
+            out = np.full(ids.shape[1], -1)
+    wrong = [name for (name, _), value in zip(dropped, out[:-1], strict=True) if value != out[-1]]
+    if wrong:
+        raise SegkitError(
+            f"label table '{labels.name}' gives {', '.join(wrong[:6])}{'...' if len(wrong) > 6 else ''} a class, "
+            f"but '{example}' is a labelTrainIds file where they are lost; provide the *_labelIds.png files "
+            f"(data.dataset.target=labelIds) or use a table that ignores them (cityscapes_19, cityscapes_categories)"
+        )
 
 
 def _all_exist(paths: Iterable[Path]) -> bool:
