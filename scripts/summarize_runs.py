@@ -3,9 +3,11 @@
     python scripts/summarize_runs.py logs/train/multiruns/2026-01-01_12-00-00            # markdown
     python scripts/summarize_runs.py logs/train/multiruns/2026-01-01_12-00-00 --format csv > runs.csv
 
-Reads each job directory's ``.hydra/overrides.yaml`` and ``csv/metrics.csv`` (the CSV logger); the row shows the
-overrides that differ between runs, the epoch with the best ``--metric`` and the other validation scores of that
-epoch. Sorted best first.
+Reads each job directory's ``.hydra/overrides.yaml``, ``csv/metrics.csv`` (the CSV logger) and ``result.json`` (how
+the run ended); the row shows the overrides that differ between runs, the epoch with the best ``--metric``, the other
+validation scores of that epoch and the status: completed, pruned (an Optuna sweep stopped it early), failed (with
+the error) or unfinished (killed, or still running). Jobs whose overrides hold a path sit in nested folders; they
+are found all the same. Sorted best first.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import sys
 from pathlib import Path
 
@@ -23,12 +26,25 @@ IGNORED_OVERRIDES = ("paths.", "hydra.", "extras.", "callbacks.progress_bar", "t
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
-    return sorted((p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")), key=_job_number)
+    """Every job folder under the sweep, at any depth (an override like data.root=/a/b nests the folder)."""
+    jobs = {p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")}
+    return sorted(jobs, key=lambda job: _job_number(sweep_dir, job))
 
 
-def _job_number(path: Path) -> tuple[int, str]:
-    head = path.name.split("_", 1)[0]
-    return (int(head), path.name) if head.isdigit() else (sys.maxsize, path.name)
+def _job_number(sweep_dir: Path, job: Path) -> tuple[int, str]:
+    relative = job.relative_to(sweep_dir).as_posix()
+    head = relative.split("_", 1)[0]
+    return (int(head), relative) if head.isdigit() else (sys.maxsize, relative)
+
+
+def job_status(job: Path) -> str:
+    """``completed``, ``pruned``, ``failed: <error>`` from the run's ``result.json``; ``unfinished`` without one."""
+    try:
+        result = json.loads((job / "result.json").read_text())
+    except (OSError, ValueError):
+        return "unfinished"
+    status = str(result.get("status", "unfinished"))
+    return f"{status}: {result['error'][:80]}" if status == "failed" and result.get("error") else status
 
 
 def read_overrides(job: Path) -> dict[str, str]:
@@ -67,15 +83,17 @@ def summarize(
     if not all_overrides and len(jobs) > 1:
         keys = [k for k in keys if len({o.get(k) for o in overrides.values()}) > 1]
     scores = [metric] + [s for s in SCORES if s != metric]
-    header = ["run", *keys, "best epoch", *scores]
+    header = ["run", *keys, "best epoch", *scores, "status"]
     rows = []
     for job in jobs:
         best = best_epoch(job, metric, mode)
-        cells = [job.name.split("_", 1)[0], *(overrides[job].get(k, "") for k in keys)]
+        number, relative = _job_number(sweep_dir, job)
+        cells = [str(number) if number != sys.maxsize else relative, *(overrides[job].get(k, "") for k in keys)]
         if best is None:
             cells += ["no metrics"] + [""] * len(scores)
         else:
             cells += [f"{best['epoch']} / {best['epochs']}"] + [_fmt(best.get(s)) for s in scores]
+        cells.append(job_status(job).replace("|", "/"))
         rows.append((best[metric] if best and metric in best else None, cells))
     reverse = mode == "max"
     rows.sort(key=lambda r: (r[0] is None, -r[0] if (r[0] is not None and reverse) else (r[0] or 0)))

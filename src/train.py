@@ -5,10 +5,12 @@ Every config group and key can be overridden on the command line; `--help` lists
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from segkit.cli import run_task
+from segkit.cli import resume_in_place, run_task
 from segkit.training import train
 
 
@@ -18,4 +20,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    sys.argv = resume_in_place(sys.argv)
     main()

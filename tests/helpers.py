@@ -26,3 +26,31 @@ def read_csv_metrics(path: Path) -> list[dict[str, str]]:
 
 def val_rows(path: Path) -> list[dict[str, float]]:
     return [{k: float(v) for k, v in r.items() if v} for r in read_csv_metrics(path) if r.get("val/mIoU")]
+
+
+class PauseAtStep(Callback):
+    """Writes ``flag`` when training reaches ``step`` (mid-epoch) and then waits, so a test can ``kill -9`` the
+    process at a known point."""
+
+    def __init__(self, step: int, flag: str, seconds: float = 120.0) -> None:
+        self.step, self.flag, self.seconds = step, flag, seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            import time
+
+            Path(self.flag).write_text(str(trainer.global_step))
+            time.sleep(self.seconds)
+
+
+class RaiseLearningRate(Callback):
+    """From ``epoch`` on, every optimiser step uses ``lr``: a run that diverges after good epochs."""
+
+    def __init__(self, epoch: int, lr: float) -> None:
+        self.epoch, self.lr = epoch, lr
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.current_epoch >= self.epoch:
+            for optimizer in trainer.optimizers:
+                for group in optimizer.param_groups:
+                    group["lr"] = self.lr

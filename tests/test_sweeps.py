@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -62,9 +65,7 @@ def test_optimizer_sweep_2x2_and_summary_table(tmp_path):
 def test_optuna_sweep_maximises_val_miou(tmp_path):
     """Two Optuna trials on tiny data: each trial is a run folder named by its sampled overrides, and the sweeper's
     best value is the best trial's best val/mIoU (what train.py returns)."""
-    pytest.importorskip(
-        "hydra_plugins.hydra_optuna_sweeper", reason="hydra-optuna-sweeper is not installed (pip install -e '.[sweep]')"
-    )
+    pytest.importorskip("optuna", reason="optuna is not installed (pip install -e '.[sweep]')")
     import yaml
 
     cfg = compose_config("train", ["hparams_search=optuna"], output_dir=tmp_path, return_hydra_config=True)
@@ -72,6 +73,7 @@ def test_optuna_sweep_maximises_val_miou(tmp_path):
     assert {"optimizer", "optimizer.lr", "loss"} <= set(cfg.hydra.sweeper.params)
 
     keep_short = "hydra.job.config.override_dirname.exclude_keys=[" + ",".join(o.split("=")[0] for o in SMALL) + "]"
+    keep_short = keep_short[:-1] + ",optuna_trial]"
     proc = run_cli(["hparams_search=optuna", "hydra.sweeper.n_trials=2", *SMALL, keep_short], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
@@ -80,8 +82,131 @@ def test_optuna_sweep_maximises_val_miou(tmp_path):
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     script = [sys.executable, str(ROOT / "scripts" / "summarize_runs.py"), str(sweep), "--format", "csv"]
     rows = list(csv.DictReader(io.StringIO(subprocess.run(script, capture_output=True, text=True, check=True).stdout)))
-    assert len(rows) == 2
+    assert len(rows) == 2 and all(r["status"] == "completed" for r in rows)
     best_in_table = max(float(r["val/mIoU"]) for r in rows)  # the table rounds to 3 decimals
     assert results["best_value"] == pytest.approx(best_in_table, abs=5e-4)
     best = max(rows, key=lambda r: float(r["val/mIoU"]))
     assert str(results["best_params"]["optimizer"]) == best["optimizer"]
+
+
+# Trial 2 barely trains and must be pruned. Trials 0, 1 and 3 share one setting (runs are deterministic), so the
+# median the pruner compares with is their own curve and none of them falls below it.
+LRS = ["0.01", "0.01", "1e-12", "0.01"]
+# Small, but enough steps that lr 0.01 is ahead of lr 1e-12 at every epoch (val mIoU ~0.14 vs ~0.12 at epoch 1).
+LEARNS = [
+    "data.dataset.num_samples={train: 32, val: 8, test: 8}",
+    "data.dataset.height=64",
+    "data.dataset.width=64",
+    "data.batch_size=4",
+    "data.val_batch_size=4",
+    "trainer.accelerator=cpu",
+    "trainer.enable_model_summary=false",
+    "callbacks.progress_bar=null",
+    "extras.print_config=false",
+    "model.base_width=8",
+    "model.depth=2",
+    "trainer.max_epochs=3",
+    "trainer.limit_val_batches=2",
+    "test=false",
+]
+
+
+def test_optuna_sweep_prunes_a_bad_trial_and_resumes_after_kill_9(tmp_path):
+    """4 trials in a fixed order; the sweep is killed during trial 2 and started again with the same storage and
+    study: the 2 finished trials are kept, the interrupted one reruns (and is pruned by the median rule after
+    its second epoch), the study ends with 4 finished trials, and the summary marks the pruned one."""
+    optuna = pytest.importorskip("optuna", reason="optuna is not installed (pip install -e '.[sweep]')")
+    import yaml
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    shrink = [o.split("=")[0] for o in LEARNS]
+    args = [
+        "-m",
+        "hydra/sweeper=segkit_optuna",
+        f"hydra.sweeper.storage={storage}",
+        "hydra.sweeper.study_name=resumable",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.pruner.n_startup_trials=2",
+        "hydra.sweeper.pruner.n_warmup_steps=1",
+        "hydra.sweeper.enqueue_trials=[" + ",".join(f"{{optimizer.lr:{lr}}}" for lr in LRS) + "]",
+        "optimizer.lr=choice(0.01,1e-12)",
+        *LEARNS,
+        f"hydra.job.config.override_dirname.exclude_keys=[{','.join(shrink)},optuna_trial]",
+    ]
+    env = {**os.environ, "SEGKIT_ROOT": str(tmp_path), "NO_ALBUMENTATIONS_UPDATE": "1"}
+    cmd = [sys.executable, str(ROOT / "src" / "train.py"), *args]
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    multiruns = tmp_path / "logs" / "train" / "multiruns"
+    deadline = time.time() + 400
+    while time.time() < deadline and first.poll() is None and not list(multiruns.glob("*/2_*/.hydra")):
+        time.sleep(0.1)
+    assert first.poll() is None, first.stderr.read().decode()[-3000:]
+    os.kill(first.pid, signal.SIGKILL)  # trial 2 has started
+    first.wait()
+    study = optuna.load_study(study_name="resumable", storage=storage)
+    assert [t.state.name for t in study.trials[:3]] == ["COMPLETE", "COMPLETE", "RUNNING"]
+
+    second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    study = optuna.load_study(study_name="resumable", storage=storage)
+    states = [(t.params["optimizer.lr"], t.state.name) for t in study.trials]
+    assert states == [(0.01, "COMPLETE"), (0.01, "COMPLETE"), (1e-12, "FAIL"), (0.01, "COMPLETE"), (1e-12, "PRUNED")]
+    assert len(study.trials) == 5  # n_trials counts the 4 finished ones; the interrupted one is not counted
+    pruned = next(t for t in study.trials if t.state.name == "PRUNED")
+    assert sorted(pruned.intermediate_values) == [0, 1]  # stopped after its second of 3 epochs
+
+    resumed_sweep = max(multiruns.iterdir())
+    results = yaml.safe_load((resumed_sweep / "optimization_results.yaml").read_text())
+    assert results["trials"] == {"complete": 3, "pruned": 1, "fail": 1} and results["best_value"] > 0
+    table = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "summarize_runs.py"), str(resumed_sweep), "--format", "csv"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    statuses = sorted(r["status"] for r in csv.DictReader(io.StringIO(table)))
+    assert statuses == ["completed", "pruned"]
+
+
+def test_one_wandb_run_per_sweep_job_and_resume_continues_it(tmp_path):
+    """Offline W&B: a 2-job sweep gives 2 runs with their own ids and configs, the checkpoints are logged as
+    artifacts with log_model=true, and resuming a run with ckpt_path continues its W&B run."""
+    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "NO_ALBUMENTATIONS_UPDATE": "1"}
+    keep_short = "hydra.job.config.override_dirname.exclude_keys=[" + ",".join(o.split("=")[0] for o in SMALL) + "]"
+    keep_short = keep_short[:-1] + ",logger,logger.wandb.log_model]"
+    proc = run_cli(
+        ["-m", "logger=wandb", "logger.wandb.log_model=true", "optimizer=adam,sgd", *SMALL, keep_short],
+        tmp_path,
+        env_extra=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    ids = [(job / "wandb_run_id").read_text().strip() for job in jobs]
+    assert len(jobs) == 2 and len(set(ids)) == 2
+    for job, run_id, optimizer in zip(jobs, ids, ("Adam", "SGD"), strict=True):
+        (offline,) = (job / "wandb").glob(f"offline-run-*-{run_id}")
+        log = (offline / f"run-{run_id}.wandb").read_bytes()  # the offline run: config, history, artifacts
+        assert f'"name":"torch.optim.{optimizer}"'.encode() in log, job  # its own config
+        other = "SGD" if optimizer == "Adam" else "Adam"
+        assert f'"name":"torch.optim.{other}"'.encode() not in log, job  # and not the other job's
+        assert b"model-" + run_id.encode() in log  # log_model: the checkpoints as an artifact of this run
+        assert b'"original_filename":"last.ckpt"' in log and b'"original_filename":"epoch_000' in log
+
+    single = run_cli(["logger=wandb", *SMALL], tmp_path, env_extra=env)
+    assert single.returncode == 0, single.stderr[-3000:]
+    (run,) = (tmp_path / "logs" / "train" / "runs").iterdir()
+    run_id = (run / "wandb_run_id").read_text().strip()
+    resumed = run_cli(
+        [
+            "logger=wandb",
+            *(o for o in SMALL if not o.startswith("trainer.max_epochs")),
+            "trainer.max_epochs=2",
+            f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        ],
+        tmp_path,
+        env_extra=env,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "logs" / "train" / "runs").iterdir()] == [run.name]
+    assert len(list((run / "wandb").glob(f"offline-run-*-{run_id}"))) == 2  # both sessions logged to one run id

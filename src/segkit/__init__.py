@@ -8,3 +8,8 @@ class SegkitError(Exception):
 
     Entry points print it as one line instead of a traceback.
     """
+
+
+class NonFiniteLossError(SegkitError):
+    """Training produced a NaN/inf loss (or weights): the run stops with its last good checkpoint kept. In a sweep
+    the trial counts as failed rather than ending the sweep."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from segkit import SegkitError
+from segkit import NonFiniteLossError, SegkitError
 
 log = logging.getLogger("segkit")
 
@@ -28,12 +28,34 @@ def run_task(task: Callable[[DictConfig], dict], cfg: DictConfig) -> float | Non
         if cause is None:
             raise
         log.error(f"error: {cause}")
+        if isinstance(cause, NonFiniteLossError) and _in_multirun():
+            return float("nan")  # a failed trial for the sweeper, and the sweep goes on
         sys.exit(1)
     name = cfg.get("optimized_metric")
     if not name:
         return None
     value = metrics.get(f"best/{name}", metrics.get(name))
     return None if value is None else float(value)
+
+
+def resume_in_place(argv: list[str]) -> list[str]:
+    """``ckpt_path=<run>/checkpoints/last.ckpt`` continues that run in its own directory: the same checkpoints
+    folder (so Lightning keeps the best checkpoint and its score), CSV log and W&B run. Adds
+    ``hydra.run.dir=<run>`` to a single run's arguments unless one is given."""
+    if any(a in ("-m", "--multirun") or a.startswith(("hydra.run.dir=", "hydra/", "hydra.mode=")) for a in argv):
+        return argv
+    ckpt = next((a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith("ckpt_path=")), "")
+    path = Path(ckpt.strip("'\"")).expanduser() if ckpt and ckpt != "null" else None
+    if path is None or path.parent.name != "checkpoints" or not (path.parent.parent / ".hydra").is_dir():
+        return argv
+    return [*argv, f"hydra.run.dir={path.parent.parent.resolve()}"]
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def segkit_cause(err: BaseException) -> SegkitError | None:

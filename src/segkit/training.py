@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +16,10 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from segkit import SegkitError
+from segkit.checkpoint import read_checkpoint
 from segkit.cli import segkit_cause
 from segkit.data.datamodule import SegmentationDataModule
+from segkit.files import atomic_write_text
 from segkit.models.module import SegmentationModule
 from segkit.sync_batchnorm import CpuSyncBatchNorm
 
@@ -90,8 +95,8 @@ def resolve_class_weights(loss_cfg: DictConfig, datamodule: SegmentationDataModu
     return loss_cfg
 
 
-def build_trainer(cfg: DictConfig) -> pl.Trainer:
-    callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
+def build_trainer(cfg: DictConfig, extra_callbacks: list | None = None) -> pl.Trainer:
+    callbacks = instantiate_group(cfg.get("callbacks"), "callbacks") + list(extra_callbacks or [])
     loggers = instantiate_group(cfg.get("logger"), "logger")
     sync_bn = resolve_sync_batchnorm(cfg.trainer)
     extra = {"plugins": [CpuSyncBatchNorm()]} if sync_bn == "cpu" else {}
@@ -121,24 +126,45 @@ def resolve_sync_batchnorm(trainer_cfg: DictConfig) -> str | None:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit, then test the best checkpoint; returns the final metrics (``cfg.optimized_metric`` among them)."""
+    """Fit, then test the best checkpoint; returns the final metrics (``cfg.optimized_metric`` among them).
+
+    Writes ``result.json`` into the run directory when it ends, however it ends (``completed``, ``pruned`` by an
+    Optuna sweep, or ``failed`` with the error), for ``scripts/summarize_runs.py`` and sweep tooling.
+    """
+    output_dir = _output_dir(cfg)
+    try:
+        metrics = _fit_and_test(cfg)
+    except BaseException as err:
+        _finish_wandb(failed=True)
+        if output_dir is not None and _is_global_zero():
+            write_result(output_dir, "failed", cfg.get("optimized_metric"), {}, error=err)
+        raise
+    _finish_wandb(failed=False)
+    return metrics
+
+
+def _fit_and_test(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "high"))
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path:
+        if not Path(ckpt_path).is_file():
+            raise SegkitError(f"ckpt_path='{ckpt_path}' does not exist; point it at a run's checkpoints/last.ckpt")
+        read_checkpoint(ckpt_path)  # a garbage or unsafe file fails here with one line, before any training
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
-    trainer = build_trainer(cfg)
+    pruning = optuna_pruning(cfg)
+    trainer = build_trainer(cfg, extra_callbacks=[pruning] if pruning else [])
     if cfg.get("compile"):  # Lightning unwraps the compiled module for checkpoints; first steps pay the compile
         module = torch.compile(module)
 
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path and not Path(ckpt_path).is_file():
-        raise SegkitError(f"ckpt_path='{ckpt_path}' does not exist; point it at a run's checkpoints/last.ckpt")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    pruned = bool(pruning and pruning.pruned)
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if cfg.get("test") and datamodule.splits.get("test"):
+    if cfg.get("test") and datamodule.splits.get("test") and not pruned:
         try:
             test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         except SegkitError as err:  # e.g. a dataset copy without its test split: keep the trained run's result
@@ -150,9 +176,61 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if monitor and trainer.checkpoint_callback.best_model_score is not None:
         metrics[f"best/{monitor}"] = float(trainer.checkpoint_callback.best_model_score)
     metrics["best_model_path"] = best  # type: ignore[assignment]
+    if pruning is not None and trainer.is_global_zero and pruned:
+        pruning.record_pruned()
     if trainer.is_global_zero:
         _report(metrics, best, cfg.get("optimized_metric"))
+        write_result(
+            Path(trainer.default_root_dir), "pruned" if pruned else "completed", cfg.get("optimized_metric"), metrics
+        )
     return metrics
+
+
+def optuna_pruning(cfg: DictConfig):
+    """The pruning callback of a trial job (``optuna_trial=<id>``, set by the segkit_optuna sweeper), else None."""
+    if cfg.get("optuna_trial") is None:
+        return None
+    from segkit.sweeps import OptunaPruning, sweeper_settings
+
+    pruner, storage, study_name = sweeper_settings()
+    if storage is None:
+        raise SegkitError("optuna_trial is set by the segkit_optuna sweeper only; remove it from the command line")
+    monitor = cfg.get("optimized_metric") or "val/mIoU"
+    return OptunaPruning(int(cfg.optuna_trial), storage, study_name, pruner=pruner, monitor=monitor)
+
+
+def write_result(
+    run_dir: Path, status: str, optimized: str | None, metrics: dict, error: BaseException | None = None
+) -> None:
+    """``result.json``: how the run ended and its scores (written atomically)."""
+    value = metrics.get(f"best/{optimized}", metrics.get(optimized)) if optimized else None
+    payload = {
+        "status": status,
+        "optimized_metric": optimized,
+        "value": value,
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
+    }
+    if error is not None:
+        payload["error"] = f"{type(error).__name__}: {error}".splitlines()[0][:1000]
+    atomic_write_text(run_dir / "result.json", json.dumps(payload, indent=2, allow_nan=True))
+
+
+def _output_dir(cfg: DictConfig) -> Path | None:
+    try:
+        return Path(str(cfg.paths.output_dir))
+    except Exception:  # outside a Hydra run ${hydra:...} does not resolve
+        return None
+
+
+def _is_global_zero() -> bool:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0
+
+
+def _finish_wandb(failed: bool) -> None:
+    """End this job's W&B run, so the next job of a multirun starts its own (WandbLogger reuses ``wandb.run``)."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=1 if failed else 0)
 
 
 def _report(metrics: dict, best: str, optimized: str | None) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,27 @@ def wandb_logger(
     the group is the sweep (its directory name) and the name the job's overrides; tags are the overrides."""
     labels = hydra_run_labels()
     tags = list(tags or []) + [t for t in labels.get("tags", []) if t not in (tags or [])]
+    if kwargs.get("id") is None and kwargs.get("save_dir"):
+        kwargs["id"] = run_id(Path(str(kwargs["save_dir"])))
+        kwargs.setdefault("resume", "allow")
     return WandbLogger(group=group or labels.get("group"), tags=tags or None, name=name or labels.get("name"), **kwargs)
+
+
+def run_id(run_dir: Path) -> str:
+    """The W&B run id of a run directory, created once and stored in ``<run>/wandb_run_id``: a run resumed with
+    ``ckpt_path`` (in the same directory) continues the same W&B run, and each multirun job has its own."""
+    path = run_dir / "wandb_run_id"
+    if path.is_file() and path.read_text().strip():
+        return path.read_text().strip()
+    import secrets
+    import string
+
+    value = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # W&B's id form
+    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0:  # rank 0 logs to W&B
+        from segkit.files import atomic_write_text
+
+        atomic_write_text(path, value)
+    return value
 
 
 def hydra_run_labels() -> dict[str, Any]:

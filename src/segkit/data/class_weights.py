@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from segkit import SegkitError
 from segkit.data.labels import LabelTable
+from segkit.files import atomic_write_text
 
 log = logging.getLogger("segkit")
 METHODS = ("enet", "median_freq")
@@ -87,16 +88,21 @@ def cached_counts(dataset: Dataset, labels: LabelTable, key: str, cache_dir: str
     digest = hashlib.sha1(f"{key}|{len(dataset)}|{labels.fingerprint()}".encode()).hexdigest()[:16]  # type: ignore[arg-type]
     path = directory / "class_counts" / f"{_slug(key)}-{labels.name}-{digest}.json"
     if path.is_file():
-        data = json.loads(path.read_text())
-        return ClassCounts(
-            np.array(data["pixels"], dtype=np.int64),
-            np.array(data["image_pixels"], dtype=np.int64),
-            int(data["images"]),
-        )
+        try:
+            data = json.loads(path.read_text())
+            counts = ClassCounts(
+                np.array(data["pixels"], dtype=np.int64),
+                np.array(data["image_pixels"], dtype=np.int64),
+                int(data["images"]),
+            )
+            if len(counts.pixels) == labels.num_classes:
+                return counts
+        except (ValueError, KeyError, TypeError, OSError):  # truncated or foreign file: count again
+            log.warning(f"class weights: the cache '{path}' is unreadable; counting the train split again")
     counts = count_pixels(dataset, labels.num_classes, labels.ignore_index)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(
+        atomic_write_text(
+            path,
             json.dumps(
                 {
                     "key": key,
@@ -107,7 +113,7 @@ def cached_counts(dataset: Dataset, labels: LabelTable, key: str, cache_dir: str
                     "images": counts.images,
                 },
                 indent=1,
-            )
+            ),
         )
     except OSError as e:
         log.warning(f"class weights: could not write the cache '{path}' ({e}); they will be counted again next run")

@@ -187,6 +187,13 @@ class SegmentationDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         dataset = self.split_dataset("train")
         world, rank = self._world()
+        if len(dataset) // world < self.batch_size:  # type: ignore[arg-type]
+            per = f" ({len(dataset) // world} per process of {world})" if world > 1 else ""  # type: ignore[arg-type]
+            raise SegkitError(
+                f"{self.name}: the train split '{self.splits.get('train')}' has {len(dataset)} images{per}, fewer "  # type: ignore[arg-type]
+                f"than one batch of data.batch_size={self.batch_size}, and incomplete batches are dropped; "
+                f"lower data.batch_size or add images"
+            )
         sampler = SeededSampler(dataset, seed=self.seed, num_replicas=world, rank=rank, shuffle=True, drop_last=True)
         return self._loader(dataset, sampler, self.batch_size, drop_last=True)
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from pytorch_lightning import LightningModule
 from torch import nn
 
+from segkit import NonFiniteLossError
 from segkit.inference import at_label_size
 from segkit.metrics import SegmentationMetrics
 
@@ -81,6 +82,8 @@ class SegmentationModule(LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, masks = batch
         _, loss, parts = self._loss(self.net(images), masks)
+        if not torch.isfinite(loss.detach()):
+            self._stop_non_finite(float(loss.detach()))
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=images.shape[0])
         self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, batch_size=images.shape[0])
         for name, value in parts.items():
@@ -144,8 +147,34 @@ class SegmentationModule(LightningModule):
         config = dict(scheduler) if isinstance(scheduler, Mapping) else {"scheduler": scheduler, "interval": "step"}
         return {"optimizer": optimizer, "lr_scheduler": config}
 
+    def _stop_non_finite(self, value: float) -> None:
+        """The first non-finite training loss ends the run before its backward pass touches the weights; nothing is
+        checkpointed after it (see ``on_save_checkpoint``)."""
+        callback = self.trainer.checkpoint_callback if self._trainer is not None else None
+        last = (callback.last_model_path or callback.best_model_path) if callback else ""
+        raise NonFiniteLossError(
+            f"training loss is {value} at step {self.global_step} (epoch {self.current_epoch}); stopped. "
+            f"Last good checkpoint: {last or 'none yet'}. Try a lower optimizer.lr, "
+            f"trainer.gradient_clip_val=1.0, or trainer.precision=32-true"
+        )
+
+    def on_train_start(self) -> None:
+        """A resumed run replays the steps after its checkpoint: the CSV history drops what they had logged."""
+        from segkit.loggers import ResumableCSVLogger
+
+        for logger in self.loggers:
+            if isinstance(logger, ResumableCSVLogger) and self.trainer.is_global_zero:
+                logger.experiment.drop_rows_from(self.global_step, self.current_epoch)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Keep the RNG states so a resumed run continues exactly (dropout, augmentation outside the sampler)."""
+        """Keep the RNG states so a resumed run continues exactly (dropout, augmentation outside the sampler).
+        Weights that are no longer finite are never written: the checkpoint before them stays the last good one."""
+        bad = next((name for name, p in self.net.named_parameters() if not torch.isfinite(p).all()), None)
+        if bad is not None:
+            raise NonFiniteLossError(
+                f"weight '{bad}' is not finite at step {self.global_step}; no checkpoint written. Try a lower "
+                f"optimizer.lr, trainer.gradient_clip_val=1.0, or trainer.precision=32-true"
+            )
         checkpoint["rng_states"] = {
             "torch": torch.get_rng_state(),
             "numpy": _numpy_state_to_plain(np.random.get_state()),

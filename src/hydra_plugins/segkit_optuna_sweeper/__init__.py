@@ -1,0 +1,1 @@
+"""segkit's Optuna sweeper for Hydra (``hydra/sweeper=segkit_optuna``): see ``segkit.sweeps``."""
