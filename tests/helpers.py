@@ -54,3 +54,34 @@ class RaiseLearningRate(Callback):
             for optimizer in trainer.optimizers:
                 for group in optimizer.param_groups:
                     group["lr"] = self.lr
+
+
+class SleepEachStep(Callback):
+    """Makes every training step ``seconds`` slower: a stand-in for a slower machine."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import time
+
+        time.sleep(self.seconds)
+
+
+class LearningRateTrace(Callback):
+    """Records (share of trainer.max_time spent, lr of the first group) before every step into lr_trace.json."""
+
+    def __init__(self) -> None:
+        self.points: list[tuple[float, float]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        from pytorch_lightning.callbacks import Timer
+
+        timer = next(c for c in trainer.callbacks if isinstance(c, Timer))
+        elapsed, remaining = timer.time_elapsed(), timer.time_remaining() or 0.0
+        self.points.append((elapsed / (elapsed + remaining), trainer.optimizers[0].param_groups[0]["lr"]))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        import json
+
+        Path(trainer.default_root_dir, "lr_trace.json").write_text(json.dumps(self.points))

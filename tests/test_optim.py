@@ -113,3 +113,66 @@ def test_real_run_lr_warms_up_then_decays(tmp_path):
         seen = [float(r[key]) for r in rows]
         expected = [0.01, 0.055, 0.1] + [0.1 * (1 - i / 4) ** 0.9 for i in range(1, 4)]
         assert seen == pytest.approx(expected), key
+
+
+def _trace(tiny_cfg, folder, *extra):
+    import json
+
+    from segkit.training import train
+
+    common = [
+        "scheduler=cosine",
+        "scheduler.min_lr_ratio=0.01",
+        "trainer.max_time=00:00:00:08",
+        "trainer.max_epochs=1000",
+        "trainer.limit_val_batches=1",
+        "test=false",
+        "callbacks.early_stopping=null",
+        "model.base_width=4",
+        "model.depth=2",
+        "+callbacks.lr_trace._target_=tests.helpers.LearningRateTrace",
+        f"paths.output_dir={folder}",
+    ]
+    train(tiny_cfg(*common, *extra))
+    return json.loads((folder / "lr_trace.json").read_text())
+
+
+def _lr_at(points, share):
+    return min(points, key=lambda p: abs(p[0] - share))[1]
+
+
+def test_time_budget_schedule_ends_annealed_on_a_slow_machine(tiny_cfg, tmp_path):
+    """budget=time: a run slowed 3-4x by sleeping after each step still ends near the final lr, and its lr follows
+    the same cosine over the share of the budget as the unslowed run; a step-sized schedule cut by max_time does
+    not (negative control)."""
+    base, floor = 1e-3, 1e-5
+    fast = _trace(tiny_cfg, tmp_path / "fast", "scheduler.budget=time")
+    slow = _trace(
+        tiny_cfg,
+        tmp_path / "slow",
+        "scheduler.budget=time",
+        "+callbacks.slow._target_=tests.helpers.SleepEachStep",
+        "+callbacks.slow.seconds=0.08",
+    )
+    assert len(slow) < len(fast) / 2  # the slow run really made fewer steps
+    for points in (fast, slow):
+        assert points[-1][0] > 0.9 and points[-1][1] < floor + 0.05 * base  # ends at the floor, within 5% of lr
+        for share in (0.25, 0.5, 0.75):
+            expected = floor + (base - floor) * 0.5 * (1 + math.cos(math.pi * share))
+            assert _lr_at(points, share) == pytest.approx(expected, abs=0.08 * base), share
+    by_steps = _trace(
+        tiny_cfg,
+        tmp_path / "steps",
+        "trainer.max_epochs=40",
+        "+callbacks.slow._target_=tests.helpers.SleepEachStep",
+        "+callbacks.slow.seconds=0.08",
+    )
+    assert by_steps[-1][1] > 0.5 * base  # sized on 40 epochs, cut by the time limit with the lr still high
+
+
+def test_time_budget_needs_max_time(tiny_cfg, tmp_path):
+    from segkit import SegkitError
+    from segkit.training import train
+
+    with pytest.raises(SegkitError, match="budget=time needs a time budget: set trainer.max_time"):
+        train(tiny_cfg("scheduler=poly", "scheduler.budget=time", "debug=fdr"))

@@ -116,9 +116,11 @@ def test_the_payload_is_live_without_the_safe_load(checkpoint, tmp_path):
 
 
 def test_hostile_run_directory_config_is_refused(checkpoint, tmp_path):
+    """A checkpoint without a stored model config is rebuilt from its run directory's config, checked the same way."""
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    torch.save(checkpoint, run / "checkpoints" / "last.ckpt")
+    bare = {**checkpoint, "hyper_parameters": {}}
+    torch.save(bare, run / "checkpoints" / "last.ckpt")
     config = OmegaConf.create(checkpoint["hyper_parameters"])
     config.model.depth = {"_target_": "os.mkdir", "path": str(tmp_path / "pwned")}
     (run / ".hydra").mkdir()
@@ -174,3 +176,18 @@ def test_segkit_and_torchvision_targets_pass_the_allow_list():
             check_net_config({"_target_": bad})
     with pytest.raises(SegkitError, match=r"model._partial_ is not allowed"):
         check_net_config({"_target_": "segkit.models.nets.unet.UNet", "_partial_": True})
+
+
+def test_a_torchvision_builder_checkpoint_loads_without_downloading(checkpoint, tmp_path):
+    """The allow-list's other half: a checkpoint of torchvision's own fcn_resnet50 rebuilds with no weights fetched."""
+    import torchvision
+
+    net = torchvision.models.segmentation.fcn_resnet50(
+        weights=None, weights_backbone=None, num_classes=6, aux_loss=False
+    )
+    hp = {**checkpoint["hyper_parameters"], "model": {"_target_": "torchvision.models.segmentation.fcn_resnet50"}}
+    state = {f"net.{k}": v for k, v in net.state_dict().items()}
+    torch.save({**checkpoint, "hyper_parameters": hp, "state_dict": state}, tmp_path / "tv.ckpt")
+    loaded = load_model(tmp_path / "tv.ckpt")
+    x = torch.randn(1, 3, 33, 47)
+    assert torch.allclose(loaded.net(x)["out"], net.eval()(x)["out"])

@@ -109,10 +109,19 @@ def build_net(
     cfg = dict(OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig) else model_cfg)
     cfg.pop("aux_weights", None)
     target = check_net_config(cfg, source)
-    if for_weights:
+    if for_weights:  # no download: the checkpoint's weights replace these
         cfg.update({k: None if k == "weights_path" else False for k in ("pretrained", "weights_path") if k in cfg})
+        cfg.update({k: None for k in ("weights", "weights_backbone") if k in cfg or target.startswith("torchvision.")})
+    options: dict[str, Any] = {"num_classes": num_classes, "in_channels": in_channels}
+    if target.startswith("torchvision."):  # torchvision's builders take RGB only and no in_channels
+        if in_channels != 3:
+            raise SegkitError(
+                f"{source}: {target} takes 3 input channels, not {in_channels}; use "
+                f"segkit.models.nets.torchvision_seg.TorchvisionSegmentation (model=tv_*) for other inputs"
+            )
+        options.pop("in_channels")
     try:
-        return hydra.utils.instantiate(cfg, num_classes=num_classes, in_channels=in_channels)
+        return hydra.utils.instantiate(cfg, **options)
     except SegkitError:
         raise
     except Exception as err:
@@ -150,14 +159,15 @@ def load_model(
     path, saved_config = resolve_source(ckpt, run_dir)
     checkpoint = read_checkpoint(path)
     hparams = checkpoint.get("hyper_parameters") or {}
-    if saved_config is not None:
+    config = dict(hparams)  # the config that trained these weights, resolved when they were saved
+    if not config.get("model") and saved_config is not None:  # older checkpoints: the run directory's config
         try:
             resolved = OmegaConf.to_container(saved_config, resolve=True)
         except Exception:
             resolved = None
-        config = dict(resolved) if isinstance(resolved, dict) else dict(hparams)
+        config = dict(resolved) if isinstance(resolved, dict) else config
     else:
-        config = dict(hparams)
+        saved_config = None
     if "state_dict" not in checkpoint or not config.get("model"):
         raise SegkitError(
             f"'{path}' is not a segkit checkpoint (no state_dict or no model config in "

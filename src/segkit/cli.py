@@ -28,8 +28,10 @@ def run_task(task: Callable[[DictConfig], dict], cfg: DictConfig) -> float | Non
         if cause is None:
             raise
         log.error(f"error: {cause}")
-        if isinstance(cause, NonFiniteLossError) and _in_multirun():
-            return float("nan")  # a failed trial for the sweeper, and the sweep goes on
+        if _in_multirun():  # the job fails, not the process: the sweeper records it (and may go on)
+            if isinstance(cause, NonFiniteLossError):
+                return float("nan")  # a failed trial, and the sweep goes on
+            raise
         sys.exit(1)
     name = cfg.get("optimized_metric")
     if not name:
@@ -48,7 +50,8 @@ def resume_in_place(argv: list[str]) -> list[str]:
     path = Path(ckpt.strip("'\"")).expanduser() if ckpt and ckpt != "null" else None
     if path is None or path.parent.name != "checkpoints" or not (path.parent.parent / ".hydra").is_dir():
         return argv
-    return [*argv, f"hydra.run.dir={path.parent.parent.resolve()}"]
+    run_dir = str(path.parent.parent.resolve()).replace("\\", "\\\\").replace('"', '\\"')
+    return [*argv, f'hydra.run.dir="{run_dir}"']  # quoted: sweep job folders hold '=' and ','
 
 
 def _in_multirun() -> bool:
@@ -65,7 +68,7 @@ def segkit_cause(err: BaseException) -> SegkitError | None:
         if isinstance(err, SegkitError):
             return err
         seen.add(id(err))
-        err = err.__cause__ or err.__context__
+        err = err.__cause__  # explicit causes only (Hydra raises from the error it wraps)
     return None
 
 

@@ -2,13 +2,18 @@
 
 Schedules are factories ``schedule(optimizer, total_steps=...)`` (Hydra ``_partial_``); the module steps them once
 per optimisation step, except those returning a Lightning scheduler dict (``plateau_lr``, stepped per epoch).
+
+``budget="time"`` (poly, cosine, step) runs a schedule on the fraction of ``trainer.max_time`` spent rather than on
+steps: the module passes ``progress(step)``, re-measured at every step from Lightning's Timer (which survives a
+resume), so a run ends annealed at its time budget on a fast or a slow machine, ``max_epochs`` being only a cap
+(whichever of time and steps is further along sets the progress). Budgeted training as Li et al. (ICLR 2020) advise.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -127,6 +132,30 @@ def _finite_steps(total_steps: float, schedule: str) -> int:
     return int(total_steps)
 
 
+Progress = Callable[[int], float]
+
+
+def _check_budget(budget: str, progress: Progress | None, schedule: str) -> bool:
+    if budget not in ("steps", "time"):
+        raise SegkitError(f"scheduler.budget={budget!r}; use 'steps' or 'time'")
+    if budget == "time" and progress is None:
+        raise SegkitError(f"the {schedule} schedule with budget=time needs the run's time budget: set trainer.max_time")
+    return budget == "time"
+
+
+def _on_progress(
+    optimizer: Optimizer, decay: Callable[[float], float], progress: Progress, warmup_steps: int, warmup_factor: float
+) -> LRScheduler:
+    """``lr * decay(p) * ramp(step)``: ``p`` the run's progress in [0, 1] (time or steps), ``ramp`` the linear warm-up
+    over the first ``warmup_steps`` steps. A closure, so the scheduler's state dict holds only its step count."""
+
+    def factor(step: int) -> float:
+        ramp = 1.0 if step >= warmup_steps else warmup_factor + (1 - warmup_factor) * step / max(1, warmup_steps)
+        return ramp * decay(min(1.0, max(0.0, progress(step))))
+
+    return LambdaLR(optimizer, factor)
+
+
 def _with_warmup(optimizer: Optimizer, decay: LRScheduler, warmup_steps: int, warmup_factor: float) -> LRScheduler:
     if warmup_steps <= 0:
         return decay
@@ -135,9 +164,18 @@ def _with_warmup(optimizer: Optimizer, decay: LRScheduler, warmup_steps: int, wa
 
 
 def poly_lr(
-    optimizer: Optimizer, total_steps: int, power: float = 0.9, warmup_steps: int = 0, warmup_factor: float = 1e-3
+    optimizer: Optimizer,
+    total_steps: int,
+    power: float = 0.9,
+    warmup_steps: int = 0,
+    warmup_factor: float = 1e-3,
+    budget: str = "steps",
+    progress: Progress | None = None,
 ) -> LRScheduler:
-    """``lr * (1 - step / total) ** power`` after an optional linear warm-up from ``lr * warmup_factor``."""
+    """``lr * (1 - step / total) ** power`` after an optional linear warm-up from ``lr * warmup_factor``
+    (``budget="time"``: ``1 - progress`` in place of ``1 - step / total``)."""
+    if _check_budget(budget, progress, "poly"):
+        return _on_progress(optimizer, lambda p: (1 - p) ** power, progress, int(warmup_steps), warmup_factor)  # type: ignore[arg-type]
     total_steps = _finite_steps(total_steps, "poly")
     warmup_steps = min(int(warmup_steps), total_steps - 1)
     decay = PolynomialLR(optimizer, total_iters=total_steps - warmup_steps, power=power)
@@ -150,9 +188,17 @@ def cosine_lr(
     warmup_steps: int = 0,
     warmup_factor: float = 1e-3,
     min_lr_ratio: float = 0.0,
+    budget: str = "steps",
+    progress: Progress | None = None,
 ) -> LRScheduler:
     """Half a cosine from each group's ``lr`` down to ``lr * min_lr_ratio`` over the run, after an optional linear
     warm-up (a ratio rather than torch's absolute ``eta_min``, so groups with a head multiplier keep their ratio)."""
+    if _check_budget(budget, progress, "cosine"):
+
+        def cosine(p: float) -> float:
+            return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
+
+        return _on_progress(optimizer, cosine, progress, int(warmup_steps), warmup_factor)  # type: ignore[arg-type]
     total_steps = _finite_steps(total_steps, "cosine")
     warmup_steps = min(int(warmup_steps), total_steps - 1)
     steps = total_steps - warmup_steps
@@ -170,12 +216,23 @@ def step_lr(
     gamma: float = 0.1,
     warmup_steps: int = 0,
     warmup_factor: float = 1e-3,
+    budget: str = "steps",
+    progress: Progress | None = None,
 ) -> LRScheduler:
-    """Multiply the lr by ``gamma`` at each milestone, given as fractions of the run (0.6 = 60% of the steps), so
-    the same config fits any run length."""
-    total_steps = _finite_steps(total_steps, "step")
+    """Multiply the lr by ``gamma`` at each milestone, given as fractions of the run (0.6 = 60% of the steps, or of
+    the time budget), so the same config fits any run length."""
     if any(not 0 < m < 1 for m in milestones):
         raise SegkitError(f"scheduler.milestones={list(milestones)} must be fractions of the run between 0 and 1")
+    if _check_budget(budget, progress, "step"):
+        marks = sorted(float(m) for m in milestones)
+        return _on_progress(
+            optimizer,
+            lambda p: gamma ** sum(p >= m for m in marks),
+            progress,
+            int(warmup_steps),
+            warmup_factor,  # type: ignore[arg-type]
+        )
+    total_steps = _finite_steps(total_steps, "step")
     warmup_steps = min(int(warmup_steps), total_steps - 1)
     points = sorted({max(1, round(m * total_steps) - warmup_steps) for m in milestones})
     return _with_warmup(optimizer, MultiStepLR(optimizer, points, gamma=gamma), warmup_steps, warmup_factor)
@@ -193,3 +250,24 @@ def plateau_lr(
     """Cut the lr by ``factor`` when ``monitor`` stops improving for ``patience`` validations (stepped per epoch)."""
     scheduler = ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience, min_lr=min_lr)
     return {"scheduler": scheduler, "interval": "epoch", "monitor": monitor, "strict": False}
+
+
+class TimeBudget:
+    """``progress(step)`` of a run with ``trainer.max_time``: the share of the time budget spent (Lightning's Timer:
+    wall clock of the fit loop, validation included, carried over a resume), or ``step / total_steps`` when the step
+    cap (``max_epochs``/``max_steps``) is nearer. Re-measured at every call, so a slow machine's schedule simply
+    advances faster per step."""
+
+    def __init__(self, trainer: Any, total_steps: float) -> None:
+        from pytorch_lightning.callbacks import Timer
+
+        self.timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        if self.timer is None or self.timer.time_remaining() is None:
+            raise SegkitError("scheduler.budget=time needs a time budget: set trainer.max_time, e.g. 00:00:20:00")
+        self.total_steps = float(total_steps) if math.isfinite(total_steps) and total_steps > 0 else math.inf
+
+    def __call__(self, step: int) -> float:
+        elapsed = self.timer.time_elapsed()
+        remaining = self.timer.time_remaining() or 0.0
+        by_time = elapsed / max(1e-9, elapsed + remaining)
+        return max(by_time, step / self.total_steps)

@@ -11,7 +11,7 @@ launches them through Hydra's launcher like any multirun; these helpers hold wha
   A pruned trial stops at the end of that epoch and is recorded as PRUNED by the job itself.
 
 The lightning-hydra-template's Optuna plugin can do neither (its issues #535 and #176): its trials cannot reach
-the study, and a restarted sweep counts ``n_trials`` anew. Everything here uses Optuna's public storage API.
+the study, and a restarted sweep counts ``n_trials`` anew.
 """
 
 from __future__ import annotations
@@ -47,9 +47,12 @@ def distribution(override: Any):
     log_scale = "log" in value.tags
     if isinstance(value, RangeSweep):
         start, stop, step = value.start, value.stop, value.step
+        count = math.ceil((stop - start) / step)  # Hydra's range excludes stop, like Python's
+        if count < 1:
+            raise ValueError(f"hydra.sweeper.params.{override.get_key_element()}: empty range")
         if all(float(x).is_integer() for x in (start, stop, step)):
-            return d.IntDistribution(int(start), int(stop) - int(step), step=int(step))
-        return d.FloatDistribution(float(start), float(stop) - float(step), step=float(step))
+            return d.IntDistribution(int(start), int(start) + (count - 1) * int(step), step=int(step))
+        return d.FloatDistribution(float(start), float(start) + (count - 1) * float(step), step=float(step))
     if isinstance(value, IntervalSweep):
         if isinstance(value.start, int) and isinstance(value.end, int):
             return d.IntDistribution(value.start, value.end, log=log_scale)
@@ -107,7 +110,10 @@ def sweeper_settings() -> tuple[Any, str | None, str | None]:
         return None, None, None
     hc = HydraConfig.get()
     sweeper = hc.sweeper
-    pruner = hydra.utils.instantiate(sweeper.pruner) if sweeper.get("pruner") else None
+    import optuna
+
+    # no pruner configured means none: Optuna's load_study would otherwise default to a MedianPruner
+    pruner = hydra.utils.instantiate(sweeper.pruner) if sweeper.get("pruner") else optuna.pruners.NopPruner()
     storage = sweeper.get("storage") or default_storage(hc.sweep.dir)
     return pruner, storage, sweeper.get("study_name")
 
@@ -131,19 +137,21 @@ class OptunaPruning(Callback):
         self.monitor, self.pruned, self.last_value = monitor, False, None
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or self.monitor not in trainer.callback_metrics:
+        if trainer.sanity_checking:
             return
-        value = float(trainer.callback_metrics[self.monitor])
-        if not math.isfinite(value):
-            return
-        self.trial.report(value, step=trainer.current_epoch)
-        self.last_value = value
-        if self.trial.should_prune():
+        prune = False
+        if trainer.is_global_zero and self.monitor in trainer.callback_metrics:
+            value = float(trainer.callback_metrics[self.monitor])
+            if math.isfinite(value):
+                self.trial.report(value, step=trainer.current_epoch)
+                self.last_value = value
+                prune = self.trial.should_prune()
+        prune = bool(trainer.strategy.broadcast(prune, src=0))  # every DDP rank stops together
+        if prune:
             self.pruned = True
             trainer.should_stop = True
-            log.info(
-                f"optuna: trial {self.trial.number} pruned after epoch {trainer.current_epoch} ({self.monitor}={value:.4f})"
-            )
+            if trainer.is_global_zero:
+                log.info(f"optuna: trial {self.trial.number} pruned after epoch {trainer.current_epoch}")
 
     def record_pruned(self) -> None:
         """Tell the study this trial was pruned (the sweeper leaves trials the job already finished alone)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -137,7 +136,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     except BaseException as err:
         _finish_wandb(failed=True)
         if output_dir is not None and _is_global_zero():
-            write_result(output_dir, "failed", cfg.get("optimized_metric"), {}, error=err)
+            stopped = isinstance(err, (KeyboardInterrupt, SystemExit))  # Lightning turns Ctrl-C into SystemExit
+            status = "interrupted" if stopped else "failed"
+            write_result(output_dir, status, cfg.get("optimized_metric"), {}, error=None if stopped else err)
         raise
     _finish_wandb(failed=False)
     return metrics
@@ -223,7 +224,9 @@ def _output_dir(cfg: DictConfig) -> Path | None:
 
 
 def _is_global_zero() -> bool:
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 def _finish_wandb(failed: bool) -> None:

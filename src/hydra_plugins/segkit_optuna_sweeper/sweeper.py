@@ -92,6 +92,8 @@ class SegkitOptunaSweeper(Sweeper):
         if not study.get_trials(deepcopy=False):
             for params in OmegaConf.to_container(self.enqueue, resolve=True) if self.enqueue else []:
                 study.enqueue_trial(dict(params))
+        else:  # a resumed study: a seeded sampler would otherwise draw the first trials' parameters again
+            study.sampler.reseed_rng()
         rerun = recover_interrupted(study)
         done = len(finished_trials(study))
         log.info(

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import numpy as np
 import torch
 from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from segkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from segkit.inference import at_label_size
@@ -44,7 +44,7 @@ def run_id(run_dir: Path) -> str:
     import string
 
     value = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # W&B's id form
-    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0:  # rank 0 logs to W&B
+    if rank_zero_only.rank == 0:  # rank 0 logs to W&B (Lightning reads RANK, LOCAL_RANK, SLURM_PROCID...)
         from segkit.files import atomic_write_text
 
         atomic_write_text(path, value)

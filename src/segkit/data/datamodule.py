@@ -22,7 +22,7 @@ class TransformedDataset(Dataset):
     Accepts an index or an ``(index, seed)`` pair from ``SeededSampler``; the seed fixes the augmentation.
     With ``full_mask`` (validation and test) the mask is returned as read, at its original size, whatever the
     transform does to the image: scores are computed at the labels' own resolution, the net's logits being
-    resized back to the mask (``segkit.models.module.logits_at``). Eval transforms may therefore resize the
+    resized back to the mask (``segkit.inference.at_label_size``). Eval transforms may therefore resize the
     image but must not crop or flip it.
     """
 
@@ -131,7 +131,6 @@ class SegmentationDataModule(LightningDataModule):
         self.train_transform = (
             train_transform if train_transform is not None else train_transforms(ignore_index=self.ignore_index)
         )
-        check_mask_fill(self.train_transform, self.ignore_index, self.labels.name)
         self.val_transform = val_transform if val_transform is not None else eval_transforms()
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.num_workers = num_workers
@@ -158,6 +157,8 @@ class SegmentationDataModule(LightningDataModule):
             if split is None:
                 raise SegkitError(f"data.splits has no split for stage '{stage}'; set data.splits.{stage}=<name>")
             transform = self.train_transform if stage == "train" else self.val_transform
+            if stage == "train":
+                check_mask_fill(self.train_transform, self.ignore_index, self.labels.name)
             self._datasets[stage] = TransformedDataset(self.raw_dataset(stage), transform, full_mask=stage != "train")
         return self._datasets[stage]
 

@@ -82,7 +82,10 @@ class SegmentationModule(LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, masks = batch
         _, loss, parts = self._loss(self.net(images), masks)
-        if not torch.isfinite(loss.detach()):
+        finite = bool(torch.isfinite(loss.detach()))
+        if self._trainer is not None and self.trainer.world_size > 1:  # every rank stops at the same step
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
             self._stop_non_finite(float(loss.detach()))
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=images.shape[0])
         self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, batch_size=images.shape[0])
@@ -143,7 +146,13 @@ class SegmentationModule(LightningModule):
         optimizer = self.optimizer_factory(params)
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)
+        total_steps = self.trainer.estimated_stepping_batches
+        options = {"total_steps": total_steps}
+        if getattr(self.scheduler_factory, "keywords", {}).get("budget") == "time":
+            from segkit.optim import TimeBudget
+
+            options["progress"] = TimeBudget(self.trainer, total_steps)
+        scheduler = self.scheduler_factory(optimizer, **options)
         config = dict(scheduler) if isinstance(scheduler, Mapping) else {"scheduler": scheduler, "interval": "step"}
         return {"optimizer": optimizer, "lr_scheduler": config}
 

@@ -119,13 +119,15 @@ def check_train_ids_suffice(labels: LabelTable, example: Path) -> None:
     """``*_labelTrainIds.png`` drop every label without a trainId to 255 (read back as 0, "unlabeled"): a table
     that gives any of those labels another train id than "unlabeled" needs the original labelIds, and is refused."""
     dropped = [(name, label_id) for name, label_id, train_id, _, _ in LABELS if train_id == 255 and label_id != 0]
-    ids = np.array([[label_id for _, label_id in dropped] + [0]])
-    with np.errstate(all="ignore"):
+
+    def train_id(label_id: int) -> int | None:  # None: the table rejects the id (unknown)
         try:
-            out = labels.remap(ids, source="Cityscapes label check")[0]
+            return int(labels.remap(np.array([[label_id]]), source="Cityscapes label check")[0, 0])
         except SegkitError:
-            out = np.full(ids.shape[1], -1)
-    wrong = [name for (name, _), value in zip(dropped, out[:-1], strict=True) if value != out[-1]]
+            return None
+
+    unlabeled = train_id(0)
+    wrong = [name for name, label_id in dropped if unlabeled is None or train_id(label_id) != unlabeled]
     if wrong:
         raise SegkitError(
             f"label table '{labels.name}' gives {', '.join(wrong[:6])}{'...' if len(wrong) > 6 else ''} a class, "
