@@ -15,7 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
 CAMVID = Path(os.environ.get("SEGKIT_CAMVID", ROOT.parent / "shared" / "data" / "camvid"))
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers share the 2 cores: one thread each, subprocesses too
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 # A tiny synthetic run: 64x64 scenes, a handful of batches, no progress bar or loggers.
 TINY = [

@@ -123,7 +123,7 @@ def _trace(tiny_cfg, folder, *extra):
     common = [
         "scheduler=cosine",
         "scheduler.min_lr_ratio=0.01",
-        "trainer.max_time=00:00:00:08",
+        "trainer.max_time=00:00:00:05",
         "trainer.max_epochs=1000",
         "trainer.limit_val_batches=1",
         "test=false",
@@ -152,9 +152,9 @@ def test_time_budget_schedule_ends_annealed_on_a_slow_machine(tiny_cfg, tmp_path
         tmp_path / "slow",
         "scheduler.budget=time",
         "+callbacks.slow._target_=tests.helpers.SleepEachStep",
-        "+callbacks.slow.seconds=0.08",
+        "+callbacks.slow.seconds=0.1",
     )
-    assert len(slow) < len(fast) / 2  # the slow run really made fewer steps
+    assert len(slow) < 0.75 * len(fast)  # the slow run really made fewer steps
     for points in (fast, slow):
         assert points[-1][0] > 0.9 and points[-1][1] < floor + 0.05 * base  # ends at the floor, within 5% of lr
         for share in (0.25, 0.5, 0.75):
