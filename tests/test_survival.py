@@ -129,6 +129,8 @@ def test_divergence_after_good_epochs_keeps_the_last_good_checkpoint(tiny_cfg, t
 
 
 def test_a_sweep_records_a_diverged_job_as_failed_and_goes_on(tmp_path):
+    """The diverged job fails alone; the summary lists both jobs with their status, although an override holding a
+    path (paths.data_dir) nests each job folder one level deeper."""
     shrink = [o.split("=")[0] for o in RUN]
     args = [
         "-m",
@@ -136,13 +138,15 @@ def test_a_sweep_records_a_diverged_job_as_failed_and_goes_on(tmp_path):
         "optimizer=sgd",
         "optimizer.lr=1e12,1e-2",
         "trainer.max_epochs=2",
+        f"paths.data_dir={tmp_path}/data",
         f"hydra.job.config.override_dirname.exclude_keys=[{','.join(shrink)},optimizer]",
     ]
     proc = _cli(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
-    jobs = sorted((p for p in sweep.iterdir() if p.is_dir()), key=lambda p: int(p.name.split("_", 1)[0]))
-    assert [json.loads((p / "result.json").read_text())["status"] for p in jobs] == ["failed", "completed"]
+    results = sorted(sweep.rglob("result.json"), key=lambda p: p.relative_to(sweep).as_posix())
+    assert len(results) == 2 and all(p.parent.parent != sweep for p in results)  # nested by the path override
+    assert [json.loads(p.read_text())["status"] for p in results] == ["failed", "completed"]
     table = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "summarize_runs.py"), str(sweep)],
         capture_output=True,
@@ -150,6 +154,7 @@ def test_a_sweep_records_a_diverged_job_as_failed_and_goes_on(tmp_path):
         check=True,
     ).stdout
     assert "failed: NonFiniteLossError" in table and "completed" in table
+    assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == ["1", "0"]  # both jobs, best first
 
 
 def test_a_broken_val_split_fails_in_the_sanity_check(tmp_path):
@@ -221,3 +226,26 @@ def test_two_runs_started_together_get_their_own_directories(tmp_path):
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
     runs = _run_dirs(tmp_path)
     assert len(runs) == 2 and all((r / "result.json").is_file() for r in runs)
+
+
+def test_checkpoints_carry_the_cuda_rng_state(monkeypatch):
+    """On a GPU the CUDA generators are saved and restored with the others (mocked here: no GPU on CI)."""
+    from functools import partial
+
+    from segkit.models.module import SegmentationModule
+
+    module = SegmentationModule(
+        torch.nn.Conv2d(3, 2, 1), torch.nn.CrossEntropyLoss(), partial(torch.optim.SGD, lr=0.1), 2
+    )
+    states = [torch.tensor([1, 2, 3], dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: states)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint["rng_states"]["cuda"] is states
+    module.on_load_checkpoint(checkpoint)
+    assert restored == [states]

@@ -189,6 +189,8 @@ class SegmentationModule(LightningModule):
             "numpy": _numpy_state_to_plain(np.random.get_state()),
             "python": random.getstate(),
         }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():  # GPU dropout/augmentation resume exactly too
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
         checkpoint["segkit"] = {
             "class_names": list(self.class_names),
             "num_classes": self.num_classes,
@@ -201,6 +203,9 @@ class SegmentationModule(LightningModule):
             torch.set_rng_state(states["torch"])
             np.random.set_state(_plain_to_numpy_state(states["numpy"]))
             random.setstate(states["python"])
+            cuda = states.get("cuda")
+            if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(cuda)
 
 
 def _channels_last_input(net: nn.Module, args: tuple) -> tuple:
