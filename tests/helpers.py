@@ -69,19 +69,27 @@ class SleepEachStep(Callback):
 
 
 class LearningRateTrace(Callback):
-    """Records (share of trainer.max_time spent, lr of the first group) before every step into lr_trace.json."""
+    """Records (share of trainer.max_time spent, lr) into lr_trace.json: the share when a step ends (the moment the
+    scheduler then updates the lr) paired with the lr the next step starts with."""
 
     def __init__(self) -> None:
         self.points: list[tuple[float, float]] = []
+        self.pending: float | None = None
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         from pytorch_lightning.callbacks import Timer
 
         timer = next(c for c in trainer.callbacks if isinstance(c, Timer))
         elapsed, remaining = timer.time_elapsed(), timer.time_remaining() or 0.0
-        self.points.append((elapsed / (elapsed + remaining), trainer.optimizers[0].param_groups[0]["lr"]))
+        self.pending = elapsed / (elapsed + remaining)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.pending is not None:
+            self.points.append((self.pending, trainer.optimizers[0].param_groups[0]["lr"]))
 
     def on_train_end(self, trainer, pl_module) -> None:
         import json
 
+        if self.pending is not None:
+            self.points.append((self.pending, trainer.optimizers[0].param_groups[0]["lr"]))
         Path(trainer.default_root_dir, "lr_trace.json").write_text(json.dumps(self.points))
