@@ -179,6 +179,7 @@ def test_a_broken_val_split_fails_in_the_sanity_check(tmp_path):
             "trainer.accelerator=cpu",
             "callbacks.progress_bar=null",
             "extras.print_config=false",
+            "trainer.log_every_n_steps=1",
             "test=false",
         ],
         output_dir=run,
