@@ -2,8 +2,9 @@
 
     python scripts/camvid_quick.py [--root ../shared/data/camvid] [--threads 2] [extra Hydra overrides...]
 
-Target: val mIoU >= 0.50 with no class at 0 IoU, from random init, in 20 minutes on 2 CPU cores (the schedule follows
-the time budget, so --threads 1 ends annealed too). Prints per epoch
+Target, from random init in 20 minutes, scored at the labels' full 360x480 resolution: val mIoU >= 0.50 on 2 CPU
+threads and >= 0.45 on one (a proxy for a machine half as fast: the schedule follows the time budget, so it ends
+annealed there too), with no class below 0.10 IoU. Prints per epoch
 the elapsed minutes, losses, val mIoU and pixAcc, then the per-class IoU of the best epoch, and says whether the
 target was met. The run directory also holds curves.png and the best checkpoint.
 """
@@ -19,7 +20,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGET_MIOU = 0.50
+TARGET_MIOU = {1: 0.45, 2: 0.50}  # by --threads; more threads keep the 2-thread target
+TARGET_CLASS_IOU = 0.10
 
 
 def main() -> int:
@@ -64,8 +66,9 @@ def main() -> int:
     ious = {k.split("/")[-1]: float(v) for k, v in best.items() if k.startswith("val/IoU/") and v}
     print(f"best val mIoU {float(best['val/mIoU']):.3f} at epoch {best['epoch']}")
     print("per-class IoU: " + ", ".join(f"{k}={v:.2f}" for k, v in ious.items()))
-    met = float(best["val/mIoU"]) >= TARGET_MIOU and min(ious.values(), default=0.0) > 0.0
-    print(f"target (mIoU >= {TARGET_MIOU}, no class at 0): {'met' if met else 'NOT met'}")
+    target = TARGET_MIOU.get(args.threads, TARGET_MIOU[2])
+    met = float(best["val/mIoU"]) >= target and min(ious.values(), default=0.0) >= TARGET_CLASS_IOU
+    print(f"target (mIoU >= {target}, no class below {TARGET_CLASS_IOU}): {'met' if met else 'NOT met'}")
     return proc.returncode
 
 

@@ -18,7 +18,7 @@ import torchvision
 from omegaconf import OmegaConf
 
 from segkit import SegkitError
-from segkit.models.nets.deeplab import DeepLabV3
+from segkit.models.nets.deeplab import DeepLabV3, DeepLabV3Plus
 from segkit.models.nets.fcn import FCN
 from segkit.models.nets.pspnet import PSPNet
 from segkit.models.nets.torchvision_seg import TorchvisionSegmentation
@@ -68,8 +68,8 @@ PARAMS_21 = {
     "pspnet_resnet101": 67_949_930,
     "deeplabv3_resnet50": 42_004_074,
     "deeplabv3_resnet101": 60_996_202,
-    "deeplabv3plus_resnet50": 40_352_181,
-    "deeplabv3plus_resnet101": 59_344_309,
+    "deeplabv3plus_resnet50": 26_682_725,  # separable ASPP + decoder; segmentation_models_pytorch's count at 19
+    "deeplabv3plus_resnet101": 45_674_853,
     "tv_fcn_resnet50": 35_322_218,
     "tv_deeplabv3_resnet50": 42_004_074,
     "tv_deeplabv3_mobilenet_v3_large": 11_029_328,
@@ -129,6 +129,20 @@ def test_param_count_pinned(name):
     assert count_params(on_meta(name)) == PARAMS_21[name]
     if name in PUBLISHED:
         assert abs(PARAMS_21[name] / PUBLISHED[name] - 1) < 0.05
+
+
+def test_deeplabv3plus_separable_convs():
+    """The published layout is atrous depthwise-separable; separable=False is the full-conv variant (40.4M)."""
+    with torch.device("meta"):
+        full = DeepLabV3Plus(21, separable=False)
+        sep = DeepLabV3Plus(21)
+    assert count_params(full) == 40_352_181
+    depthwise = [m for m in sep.modules() if isinstance(m, torch.nn.Conv2d) and m.groups == m.in_channels > 1]
+    assert sorted(m.dilation[0] for m in depthwise) == [1, 1, 6, 12, 18]  # three ASPP branches, two decoder convs
+    with torch.device("meta"):
+        assert count_params(DeepLabV3Plus(21, decoder_convs=1)) == 26_682_725 - (256 * 9 + 256 * 256 + 2 * 256)
+    with pytest.raises(SegkitError, match="decoder_convs"):
+        DeepLabV3Plus(21, decoder_convs=0)
 
 
 @pytest.mark.parametrize("arch", ["resnet50", "resnet101"])

@@ -22,6 +22,7 @@ BISENET_AUX = {"aux2": 1.0, "aux3": 1.0, "aux4": 1.0, "aux5": 1.0}
 SHAPE_NETS = {
     "refinenet": partial(RefineNet, backbone="resnet18", features=64, top_features=128),
     "fpn": partial(SemanticFPN, backbone="resnet18"),
+    "fpn_no_output_convs": partial(SemanticFPN, backbone="resnet18", output_convs=False),
     "icnet": partial(ICNet, backbone="resnet18"),
     "icnet_no_aux": partial(ICNet, backbone="resnet18", aux_heads=False),
     "bisenetv2": BiSeNetV2,
@@ -90,6 +91,8 @@ def _check_param_counts() -> None:
     assert abs(bisenet - 3.4e6) <= 0.05 * 3.4e6, bisenet
     # No published figure for these exact builds (ICNet's paper prunes its ResNet-50): pinned at 21 classes.
     assert count_params(SemanticFPN(num_classes=21)) == 28_478_933
+    # without the pyramid's four 3x3 output convs: segmentation_models_pytorch's FPN layout
+    assert count_params(SemanticFPN(num_classes=21, output_convs=False)) == 28_478_933 - 4 * (256 * 256 * 9 + 256)
     assert count_params(ICNet(num_classes=21)) == 24_589_535
     assert count_params(BiSeNetV2(num_classes=21)) == 3_649_017
 

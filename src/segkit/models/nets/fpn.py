@@ -1,7 +1,9 @@
 """Semantic FPN: the Panoptic-FPN semantic head (Kirillov, Girshick, He & Dollár, CVPR 2019) on a ResNet.
 
 A feature pyramid (Lin et al., 2017: 1x1 lateral convs, nearest-neighbour top-down pathway, 3x3 output
-convs, ``pyramid_channels`` wide) gives P2..P5 at strides 4..32. The semantic head brings every level to
+convs, ``pyramid_channels`` wide) gives P2..P5 at strides 4..32. ``output_convs=False`` drops the four 3x3
+output convs (2.4M parameters, most of their cost on the stride-4 level): the layout of
+segmentation_models_pytorch's FPN, whose semantic head follows the pyramid's sums directly. The semantic head brings every level to
 stride 4 with stages of 3x3 conv - GroupNorm - ReLU (``head_channels`` wide) each followed by a 2x bilinear
 upsample (P2 gets one stage without upsampling), sums them, classifies with a 1x1 conv and upsamples x4.
 It is the light, all-scales decoder the paper proposed as a strong baseline for dense prediction.
@@ -20,10 +22,12 @@ from segkit.models.nets.common import crop_to, pad_to_multiple
 class FeaturePyramid(nn.Module):
     """Top-down pathway with lateral connections: every level gets the semantics of the deepest one."""
 
-    def __init__(self, in_channels: list[int], channels: int = 256) -> None:
+    def __init__(self, in_channels: list[int], channels: int = 256, output_convs: bool = True) -> None:
         super().__init__()
         self.lateral = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_channels)
-        self.output = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in in_channels)
+        self.output = nn.ModuleList(
+            nn.Conv2d(channels, channels, 3, padding=1) if output_convs else nn.Identity() for _ in in_channels
+        )
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         laterals = [conv(f) for conv, f in zip(self.lateral, feats)]
@@ -74,10 +78,11 @@ class SemanticFPN(nn.Module):
         pyramid_channels: int = 256,
         head_channels: int = 128,
         groups: int = 32,
+        output_convs: bool = True,
     ) -> None:
         super().__init__()
         self.backbone = ResNetBackbone(backbone, in_channels, 32, pretrained, weights_path)
-        self.pyramid = FeaturePyramid(self.backbone.channels, pyramid_channels)
+        self.pyramid = FeaturePyramid(self.backbone.channels, pyramid_channels, output_convs)
         self.head = SemanticHead(len(self.backbone.channels), pyramid_channels, head_channels, groups)
         self.classifier = nn.Conv2d(head_channels, num_classes, 1)
 
