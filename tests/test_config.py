@@ -8,6 +8,7 @@ import torch
 from hydra.utils import get_class, get_method
 
 from segkit.data.datamodule import SegmentationDataModule
+from segkit.optim import optimizer_over_groups
 from tests.conftest import CONF_DIR, TINY, compose_config
 
 
@@ -43,7 +44,7 @@ def test_choice_composes_and_instantiates(group, choice, tmp_path):
         dm = hydra.utils.instantiate(node)
         assert isinstance(dm, SegmentationDataModule) and dm.num_classes == len(dm.class_names) > 1
     elif group == "optimizer":
-        opt = hydra.utils.instantiate(node)([torch.nn.Parameter(torch.zeros(1))])
+        opt = optimizer_over_groups(hydra.utils.instantiate(node), torch.nn.Conv2d(1, 1, 1))
         assert isinstance(opt, torch.optim.Optimizer)
     elif group == "scheduler":
         if node:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import hydra
 import pytest
 import torch
 from torch import nn
 
-from segkit.optim import cosine_lr, make_optimizer, param_groups, plateau_lr, poly_lr, step_lr
+from segkit import SegkitError
+from segkit.optim import cosine_lr, optimizer_over_groups, param_groups, plateau_lr, poly_lr, step_lr
 from segkit.training import train
 from tests.conftest import compose_config
 from tests.helpers import read_csv_metrics
@@ -23,9 +25,8 @@ class Backboned(nn.Module):
 
 
 def test_head_lr_multiplier_and_no_decay_on_norms_and_biases():
-    opt = make_optimizer(
-        Backboned(), name="torch.optim.SGD", lr=0.01, weight_decay=1e-4, head_lr_mult=10.0, momentum=0.9, nesterov=True
-    )
+    factory = partial(torch.optim.SGD, lr=0.01, weight_decay=1e-4, head_lr_mult=10.0, momentum=0.9, nesterov=True)
+    opt = optimizer_over_groups(factory, Backboned())
     groups = {g["name"]: g for g in opt.param_groups}
     assert set(groups) == {"backbone", "backbone_no_decay", "head", "head_no_decay"}
     assert [p.shape for p in groups["backbone"]["params"]] == [(4, 3, 3, 3)]
@@ -34,6 +35,20 @@ def test_head_lr_multiplier_and_no_decay_on_norms_and_biases():
     assert groups["backbone"]["lr"] == pytest.approx(0.01) and groups["head"]["lr"] == pytest.approx(0.1)
     assert groups["backbone"]["weight_decay"] == 1e-4 and groups["head_no_decay"]["weight_decay"] == 0.0
     assert opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.9
+
+
+def test_optimizer_configs_are_plain_torch_partials(tmp_path):
+    """Every conf/optimizer choice names a torch class; the module's keys reach the groups, not torch."""
+    for choice in ("adam", "adamw", "sgd", "rmsprop"):
+        node = compose_config(
+            "train", [f"optimizer={choice}", "optimizer.head_lr_mult=5"], output_dir=tmp_path
+        ).optimizer
+        assert node._target_.startswith("torch.optim.")
+        opt = optimizer_over_groups(hydra.utils.instantiate(node), Backboned())
+        lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+        assert lrs["head"] == pytest.approx(5 * lrs["backbone"]) and "head_lr_mult" not in opt.defaults
+    with pytest.raises(SegkitError, match="optimizer=adam"):  # the former make_optimizer key says the new spelling
+        optimizer_over_groups(partial(torch.optim.SGD, lr=0.1, name="torch.optim.SGD"), Backboned())
 
 
 def test_nets_without_backbone_and_plain_parameter_lists_are_one_lr():
@@ -78,7 +93,7 @@ def test_plateau_cuts_on_stalled_miou():
 @pytest.mark.parametrize("choice", ["poly", "cosine", "step", "plateau"])
 def test_scheduler_configs_build_through_the_module(choice, tmp_path):
     cfg = compose_config("train", [f"scheduler={choice}", "optimizer=sgd"], output_dir=tmp_path)
-    opt = hydra.utils.instantiate(cfg.optimizer)(Backboned())
+    opt = optimizer_over_groups(hydra.utils.instantiate(cfg.optimizer), Backboned())
     sched = hydra.utils.instantiate(cfg.scheduler)(opt, total_steps=20)
     assert sched is not None
 

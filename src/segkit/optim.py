@@ -1,4 +1,4 @@
-"""Optimisers with parameter groups, and learning-rate schedules.
+"""Parameter groups for torch optimisers, and learning-rate schedules.
 
 Schedules are factories ``schedule(optimizer, total_steps=...)`` (Hydra ``_partial_``); the module steps them once
 per optimisation step, except those returning a Lightning scheduler dict (``plateau_lr``, stepped per epoch).
@@ -11,13 +11,14 @@ resume), so a run ends annealed at its time budget on a fast or a slow machine, 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
-from hydra.utils import get_class
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import (
@@ -38,33 +39,35 @@ BACKBONE_ATTRIBUTES = ("backbone", "encoder")
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
-def make_optimizer(
-    params: nn.Module | Iterable[torch.nn.Parameter],
-    name: str = "torch.optim.Adam",
-    lr: float = 1e-3,
-    weight_decay: float = 0.0,
-    head_lr_mult: float = 1.0,
-    no_decay_norm_bias: bool = True,
-    **kwargs: Any,
-) -> Optimizer:
-    """Build ``name`` (a torch optimiser class path) over parameter groups of ``params``.
+def optimizer_over_groups(factory: Callable[..., Optimizer], net: nn.Module) -> Optimizer:
+    """``factory`` (a Hydra ``_partial_`` of a torch optimiser, e.g. ``torch.optim.AdamW`` with ``lr``) over the
+    parameter groups of ``net``.
 
     A pretrained backbone is usually tuned gently while the freshly initialised head learns fast, and weight decay
-    on norm scales and biases only fights normalisation; both are switches here rather than per-model code.
-
-    Args:
-        params: the net (groups by module) or plain parameters (one group, 1-D tensors taken as norms/biases).
-        head_lr_mult: the lr multiplier of everything outside the backbone (``net.backbone`` / ``net.encoder``, or
-            the attributes named in ``net.backbone_names``). Nets without one train as one group at ``lr``.
-        no_decay_norm_bias: put norm-layer parameters and biases in groups with weight decay 0.
-        kwargs: the optimiser's own arguments (momentum, nesterov, betas ...).
+    on norm scales and biases only fights normalisation; both are switches of the optimizer config rather than
+    per-model code. ``head_lr_mult`` and ``no_decay_norm_bias`` are taken out of the partial's keywords here (torch's
+    optimisers do not know them); the rest (``lr``, ``weight_decay``, ``momentum``, ``betas`` ...) goes to torch.
+    A factory that is not a partial gets the trainable parameters as they are.
     """
-    optimizer_class = get_class(name)
-    groups = param_groups(params, lr, weight_decay, head_lr_mult, no_decay_norm_bias)
-    return optimizer_class(groups, lr=lr, weight_decay=weight_decay, **kwargs)
+    if not isinstance(factory, functools.partial):
+        return factory(p for p in net.parameters() if p.requires_grad)
+    keywords = dict(factory.keywords)
+    if "name" in keywords:  # the former segkit.optim.make_optimizer spelling
+        raise SegkitError(
+            f"optimizer.name={keywords['name']} is no longer read: choose optimizer=adam|adamw|sgd|rmsprop, "
+            f"or set optimizer._target_={keywords['name']}"
+        )
+    head_lr_mult = float(keywords.pop("head_lr_mult", 1.0))
+    no_decay_norm_bias = bool(keywords.pop("no_decay_norm_bias", True))
+    lr = keywords.get("lr", _default(factory.func, "lr"))
+    weight_decay = keywords.get("weight_decay", _default(factory.func, "weight_decay") or 0.0)
+    groups = param_groups(net, lr, weight_decay, head_lr_mult, no_decay_norm_bias)
+    return factory.func(groups, *factory.args, **keywords)
 
 
-make_optimizer.takes_module = True  # the module passes the net, not its parameters
+def _default(optimizer_class: Callable, name: str) -> Any:
+    parameter = inspect.signature(optimizer_class).parameters.get(name)
+    return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
 
 
 def param_groups(

@@ -58,6 +58,11 @@ def build_module(cfg: DictConfig, datamodule: SegmentationDataModule) -> Segment
     net = hydra.utils.instantiate(model_cfg, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels)
     loss = hydra.utils.instantiate(resolve_class_weights(cfg.loss, datamodule), ignore_index=datamodule.ignore_index)
     scheduler = hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    if cfg.optimizer.get("_target_") == "segkit.optim.make_optimizer":  # a config written before the torch partials
+        raise SegkitError(
+            "optimizer._target_=segkit.optim.make_optimizer is gone; use optimizer=adam|adamw|sgd|rmsprop "
+            "(or _target_: torch.optim.<Class> with _partial_: true, as conf/optimizer/*.yaml)"
+        )
     return SegmentationModule(
         net=net,
         loss=loss,

@@ -23,7 +23,8 @@ class SegmentationModule(LightningModule):
     Args:
         net: the network.
         loss: ``loss(logits, target) -> scalar``; applied to ``out`` and to each output named in ``aux_weights``.
-        optimizer: ``optimizer(params) -> Optimizer`` (a Hydra ``_partial_``).
+        optimizer: a Hydra ``_partial_`` of a torch optimiser; ``head_lr_mult`` / ``no_decay_norm_bias`` among its
+            keywords shape the parameter groups (see ``configure_optimizers``).
         scheduler: ``scheduler(optimizer, total_steps=...) -> LRScheduler`` stepped per step (or a Lightning
             scheduler dict with its own interval/monitor), or None.
         num_classes / ignore_index / class_names: from the data module.
@@ -138,12 +139,12 @@ class SegmentationModule(LightningModule):
         self._log_metrics(self.test_metrics, "test")
 
     def configure_optimizers(self):
-        """Factories marked ``takes_module`` (``segkit.optim.make_optimizer``) get the net to build parameter
-        groups; plain torch partials get its trainable parameters. A schedule returning a dict (plateau) sets its
-        own interval and monitor; others step every optimisation step."""
-        takes_module = getattr(getattr(self.optimizer_factory, "func", self.optimizer_factory), "takes_module", False)
-        params = self.net if takes_module else (p for p in self.net.parameters() if p.requires_grad)
-        optimizer = self.optimizer_factory(params)
+        """The module always builds the parameter groups (head lr multiplier, no decay on norms and biases,
+        ``segkit.optim.optimizer_over_groups``) and hands them to the torch optimiser partial. A schedule returning a
+        dict (plateau) sets its own interval and monitor; others step every optimisation step."""
+        from segkit.optim import optimizer_over_groups
+
+        optimizer = optimizer_over_groups(self.optimizer_factory, self.net)
         if self.scheduler_factory is None:
             return optimizer
         total_steps = self.trainer.estimated_stepping_batches
