@@ -1,25 +1,10 @@
-"""Benchmark model configs: params, GFLOPs, latency/FPS at batch 1 and a chosen batch, peak memory.
-
-    python scripts/benchmark.py models=[unet,enet] height=360 width=480 device=cpu
-    python scripts/benchmark.py models=[all] flops_only=true height=512 width=1024   # the README model table
-
-Prints a markdown table and writes it to `output` (default: the run directory). `--help` lists the options.
-"""
+"""Kept so the command lines written before the entry points moved keep working: forwards to ``src/benchmark.py``
+(same arguments, same config ``conf/benchmark.yaml``). New spelling: ``python src/benchmark.py ...``."""
 
 from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig
-
-from segkit.cli import run_task
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="benchmark")
-def main(cfg: DictConfig) -> float | None:
-    from segkit.benchmark import benchmark  # imported here so --help does not wait for torch
-
-    return run_task(benchmark, cfg)
-
+import runpy
+from pathlib import Path
 
 if __name__ == "__main__":
-    main()
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "src" / "benchmark.py"), run_name="__main__")

@@ -92,8 +92,8 @@ def build_segkit(name: str, overrides: tuple[str, ...], num_classes: int) -> nn.
     import yaml
     from omegaconf import OmegaConf
 
-    from segkit.benchmark import model_config
     from segkit.checkpoint import build_net
+    from segkit.profiling import model_config
 
     cfg = model_config(name)
     for item in overrides:

@@ -1,25 +1,10 @@
-"""Export a model to ONNX and/or TorchScript and check it against PyTorch.
-
-    python scripts/export.py ckpt=PATH format=onnx output=FILE
-    python scripts/export.py model=enet format=both height=360 width=480     (an untrained net)
-
-`--help` lists the options. ONNX checking needs the `export` extra (onnx, onnxruntime).
-"""
+"""Kept so the command lines written before the entry points moved keep working: forwards to ``src/export.py``
+(same arguments, same config ``conf/export.yaml``). New spelling: ``python src/export.py ...``."""
 
 from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig
-
-from segkit.cli import run_task
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
-def main(cfg: DictConfig) -> float | None:
-    from segkit.export import export  # imported here so --help does not wait for torch
-
-    return run_task(export, cfg)
-
+import runpy
+from pathlib import Path
 
 if __name__ == "__main__":
-    main()
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "src" / "export.py"), run_name="__main__")

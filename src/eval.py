@@ -14,9 +14,9 @@ from segkit.cli import run_task
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig) -> float | None:
-    from segkit.evaluation import evaluate  # imported here so --help does not wait for torch
+    from segkit.tasks.evaluate import evaluate_from_config  # imported here so --help does not wait for torch
 
-    return run_task(evaluate, cfg)
+    return run_task(evaluate_from_config, cfg)
 
 
 if __name__ == "__main__":

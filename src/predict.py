@@ -14,9 +14,9 @@ from segkit.cli import run_task
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
 def main(cfg: DictConfig) -> float | None:
-    from segkit.prediction import predict  # imported here so --help does not wait for torch
+    from segkit.tasks.predict import predict_from_config  # imported here so --help does not wait for torch
 
-    return run_task(predict, cfg)
+    return run_task(predict_from_config, cfg)
 
 
 if __name__ == "__main__":

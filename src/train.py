@@ -11,7 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 from segkit.cli import resume_in_place, run_task
-from segkit.training import train
+from segkit.tasks.train import train
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

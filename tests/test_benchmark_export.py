@@ -9,9 +9,11 @@ import torch
 from omegaconf import open_dict
 
 from segkit import SegkitError
-from segkit.benchmark import benchmark, count_flops, model_config, size_and_flops
 from segkit.checkpoint import build_net
-from segkit.export import export, export_onnx, export_torchscript
+from segkit.exporters import export_onnx, export_torchscript
+from segkit.profiling import count_flops, model_config, size_and_flops
+from segkit.tasks.benchmark import benchmark_from_config
+from segkit.tasks.export import export_from_config
 from tests.conftest import CONF_DIR, compose_config
 
 pytest.importorskip("onnxruntime", reason="ONNX checks need the export extra: pip install -e '.[export]'")
@@ -26,7 +28,7 @@ def _cfg(name: str, tmp_path: Path, *overrides: str):
 
 def test_benchmark_two_small_models_writes_a_markdown_table(tmp_path, capsys):
     out = tmp_path / "bench.md"
-    benchmark(
+    benchmark_from_config(
         _cfg(
             "benchmark",
             tmp_path,
@@ -60,11 +62,11 @@ def test_meta_device_flops_are_the_real_count_at_the_stated_size():
 
 def test_flops_only_mode_and_unknown_model(tmp_path):
     out = tmp_path / "models.md"
-    benchmark(_cfg("benchmark", tmp_path, "models=[fcn8_vgg,enet]", "flops_only=true", f"output={out}"))
+    benchmark_from_config(_cfg("benchmark", tmp_path, "models=[fcn8_vgg,enet]", "flops_only=true", f"output={out}"))
     table = out.read_text()
     assert "latency" not in table and "| fcn8_vgg | 134.4" in table
     with pytest.raises(SegkitError, match="unknown model"):
-        benchmark(_cfg("benchmark", tmp_path, "models=[nope]"))
+        benchmark_from_config(_cfg("benchmark", tmp_path, "models=[nope]"))
 
 
 def _with_random_heads(net: torch.nn.Module) -> torch.nn.Module:
@@ -124,7 +126,7 @@ def test_torchscript_export_and_the_export_command(tmp_path):
     loaded = torch.jit.load(str(tmp_path / "enet.pt"))
     assert loaded(torch.randn(1, 3, 33, 45)).shape == (1, 6, 33, 45)
 
-    metrics = export(
+    metrics = export_from_config(
         _cfg(
             "export",
             tmp_path,
@@ -140,4 +142,18 @@ def test_torchscript_export_and_the_export_command(tmp_path):
     assert (tmp_path / "cli" / "unet.onnx").is_file() and (tmp_path / "cli" / "unet.pt").is_file()
     assert metrics["onnx/max_abs_diff"] < 1e-4 and metrics["torchscript/max_abs_diff"] < 1e-4
     with pytest.raises(SegkitError, match="nothing to export"):
-        export(_cfg("export", tmp_path))
+        export_from_config(_cfg("export", tmp_path))
+
+
+def test_entry_points_live_in_src_and_the_old_script_paths_forward(tmp_path):
+    """``src/export.py`` and ``src/benchmark.py`` are the entry points; ``scripts/<name>.py`` command lines from before
+    the move run the same command (``--help`` does not import torch: a second each)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    for script, option in [("export", "format"), ("benchmark", "flops_only")]:
+        for path in (f"src/{script}.py", f"scripts/{script}.py"):
+            run = subprocess.run([sys.executable, path, "--help"], cwd=ROOT, capture_output=True, text=True)
+            assert run.returncode == 0 and option in run.stdout, (path, run.stderr[-500:])

@@ -12,7 +12,7 @@ import torch
 
 from segkit.callbacks import read_epoch_curves
 from segkit.callbacks.wandb_dashboard import overrides_to_tags
-from segkit.training import train
+from segkit.tasks.train import train
 from tests.conftest import compose_config
 
 RUN = [

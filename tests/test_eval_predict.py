@@ -16,9 +16,9 @@ from omegaconf import OmegaConf, open_dict
 
 from segkit import SegkitError
 from segkit.checkpoint import load_model
-from segkit.evaluation import evaluate
-from segkit.prediction import predict
-from segkit.training import train
+from segkit.tasks.evaluate import evaluate_from_config
+from segkit.tasks.predict import predict_from_config
+from segkit.tasks.train import train
 from tests.conftest import ROOT, TINY, compose_config
 
 
@@ -49,10 +49,10 @@ def eval_cfg(out: Path, *overrides: str):
 
 def test_eval_reproduces_training_val_metrics(trained, tmp_path):
     metrics = trained["metrics"]
-    last = evaluate(eval_cfg(tmp_path / "last", f"ckpt={trained['last']}", "batch_size=3"))
+    last = evaluate_from_config(eval_cfg(tmp_path / "last", f"ckpt={trained['last']}", "batch_size=3"))
     for key in ("val/mIoU", "val/pixAcc", "val/mAcc", "val/fwIoU"):
         assert last[key] == pytest.approx(metrics[key], abs=1e-6), key
-    best = evaluate(eval_cfg(tmp_path / "best", f"ckpt={trained['run']}"))  # a run dir: its best checkpoint
+    best = evaluate_from_config(eval_cfg(tmp_path / "best", f"ckpt={trained['run']}"))  # a run dir: its best checkpoint
     assert best["val/mIoU"] == pytest.approx(metrics["best/val/mIoU"], abs=1e-6)
 
     report = json.loads((tmp_path / "last" / "metrics.json").read_text())
@@ -64,7 +64,7 @@ def test_eval_reproduces_training_val_metrics(trained, tmp_path):
 
 
 def test_eval_on_test_split_with_tta_and_saved_predictions(trained, tmp_path):
-    out = evaluate(
+    out = evaluate_from_config(
         eval_cfg(
             tmp_path,
             f"run_dir={trained['run']}",
@@ -104,7 +104,7 @@ def test_predict_writes_outputs_at_input_sizes(trained, tmp_path):
         ],
         output_dir=tmp_path,
     )
-    predict(cfg)
+    predict_from_config(cfg)
     for name, (h, w) in sizes.items():
         stem = out / Path(name).parent / Path(name).stem
         assert cv2.imread(f"{stem}_mask.png").shape == (h, w, 3)
@@ -112,7 +112,7 @@ def test_predict_writes_outputs_at_input_sizes(trained, tmp_path):
         assert cv2.imread(f"{stem}_ids.png", cv2.IMREAD_UNCHANGED).shape == (h, w)
 
     glob_out = tmp_path / "glob"
-    predict(
+    predict_from_config(
         compose_config(
             "predict",
             [
@@ -134,7 +134,7 @@ def test_predict_on_a_video(trained, tmp_path):
     for i in range(5):
         writer.write(np.full((40, 48, 3), 40 * i, np.uint8))
     writer.release()
-    predict(
+    predict_from_config(
         compose_config(
             "predict", [f"ckpt={trained['last']}", f"input={video}", f"output={tmp_path / 'v'}", "progress=false"]
         )
@@ -142,6 +142,38 @@ def test_predict_on_a_video(trained, tmp_path):
     capture = cv2.VideoCapture(str(tmp_path / "v" / "clip_overlay.mp4"))
     ok, frame = capture.read()
     assert ok and frame.shape == (40, 48, 3)
+
+
+def test_a_loaded_model_describes_itself(trained, tmp_path):
+    """Labels and input format come from the checkpoint's own facts; a checkpoint written before they were stored
+    (label facts only, an optimizer config of the former make_optimizer) loads with the same facts from its config."""
+    model = load_model(trained["last"])
+    expected = {
+        "class_names": ("background", "disc", "box", "triangle", "ring", "dotted_ellipse"),
+        "in_channels": 3,
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+        "input_size": None,  # synthetic data trains on whole images
+        "ignore_index": 255,
+    }
+    assert {k: getattr(model, k) for k in expected} == expected
+    assert len(model.colors) == len(model.source_ids) == 6
+    assert model.to_source_ids(np.array([[1, 255]])).tolist() == [[model.source_ids[1][0], 0]]
+
+    ckpt = torch.load(trained["last"], map_location="cpu", weights_only=True)
+    assert {"colors", "source_ids", "in_channels", "mean", "std", "input_size"} <= set(ckpt["segkit"])
+    old_facts = {k: ckpt["segkit"][k] for k in ("class_names", "num_classes", "ignore_index")}
+    hparams = dict(ckpt["hyper_parameters"])
+    hparams["optimizer"] = {"_target_": "segkit.optim.make_optimizer", "_partial_": True, "name": "torch.optim.Adam"}
+    hparams["data"] = dict(
+        hparams["data"], train_transform=dict(hparams["data"]["train_transform"], crop_size=[32, 32])
+    )
+    torch.save(dict(ckpt, segkit=old_facts, hyper_parameters=hparams), tmp_path / "old.ckpt")
+    old = load_model(tmp_path / "old.ckpt")
+    assert {k: getattr(old, k) for k in expected} == {**expected, "input_size": (32, 32)}
+    assert old.colors == model.colors and old.source_ids == model.source_ids
+    out = evaluate_from_config(eval_cfg(tmp_path / "eval", f"ckpt={tmp_path / 'old.ckpt'}"))
+    assert out["val/mIoU"] == pytest.approx(trained["metrics"]["val/mIoU"], abs=1e-6)
 
 
 def test_checkpoint_errors_are_one_clear_line(trained, tmp_path):
@@ -162,11 +194,11 @@ def test_checkpoint_errors_are_one_clear_line(trained, tmp_path):
         load_model(tmp_path / "classes.ckpt")
 
     with pytest.raises(SegkitError, match="predicts 6 classes but data 'camvid' has 11"):
-        evaluate(eval_cfg(tmp_path, f"ckpt={trained['last']}", "data=camvid", f"data.root={tmp_path}"))
+        evaluate_from_config(eval_cfg(tmp_path, f"ckpt={trained['last']}", "data=camvid", f"data.root={tmp_path}"))
 
     renamed = [f"data.labels.classes.{i}.name=c{i}" for i in range(6)]
     with pytest.raises(SegkitError, match=r"trained on classes \['background', 'disc'.* has \['c0', 'c1'"):
-        evaluate(eval_cfg(tmp_path, f"ckpt={trained['last']}", "data=synthetic", *renamed))
+        evaluate_from_config(eval_cfg(tmp_path, f"ckpt={trained['last']}", "data=synthetic", *renamed))
 
     torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
     with pytest.raises(SegkitError, match="not a segkit checkpoint"):

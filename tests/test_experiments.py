@@ -11,7 +11,7 @@ import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from segkit.training import train
+from segkit.tasks.train import train
 from tests.conftest import CAMVID, CONF_DIR, compose_config
 
 # VGG16-FCN and the dilated ResNets cost ~10-70 s per batch on a busy 2-core CPU (weight-bound: smaller images

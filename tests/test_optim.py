@@ -12,7 +12,7 @@ from torch import nn
 
 from segkit import SegkitError
 from segkit.optim import cosine_lr, optimizer_over_groups, param_groups, plateau_lr, poly_lr, step_lr
-from segkit.training import train
+from segkit.tasks.train import train
 from tests.conftest import compose_config
 from tests.helpers import read_csv_metrics
 
@@ -133,7 +133,7 @@ def test_real_run_lr_warms_up_then_decays(tmp_path):
 def _trace(tiny_cfg, folder, *extra):
     import json
 
-    from segkit.training import train
+    from segkit.tasks.train import train
 
     common = [
         "scheduler=cosine",
@@ -187,7 +187,7 @@ def test_time_budget_schedule_ends_annealed_on_a_slow_machine(tiny_cfg, tmp_path
 
 def test_time_budget_needs_max_time(tiny_cfg, tmp_path):
     from segkit import SegkitError
-    from segkit.training import train
+    from segkit.tasks.train import train
 
     with pytest.raises(SegkitError, match="budget=time needs a time budget: set trainer.max_time"):
         train(tiny_cfg("scheduler=poly", "scheduler.budget=time", "debug=fdr"))

@@ -6,7 +6,7 @@ import torch
 from pytorch_lightning.plugins import TorchSyncBatchNorm
 
 from segkit.sync_batchnorm import CpuSyncBatchNorm, SyncBatchNorm, convert_sync_batchnorm
-from segkit.training import build_datamodule, build_module, build_trainer, resolve_sync_batchnorm, train
+from segkit.tasks.train import build_datamodule, build_module, build_trainer, resolve_sync_batchnorm, train
 from tests.conftest import compose_config
 
 SMALL = [

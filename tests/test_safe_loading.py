@@ -19,12 +19,12 @@ from omegaconf import OmegaConf, open_dict
 
 from segkit import SegkitError
 from segkit.checkpoint import load_model, read_checkpoint
-from segkit.evaluation import evaluate
-from segkit.export import export
 from segkit.models.backbones import load_state_dict_file
-from segkit.prediction import predict
 from segkit.safe_config import check_data_config, check_net_config
-from segkit.training import train
+from segkit.tasks.evaluate import evaluate_from_config
+from segkit.tasks.export import export_from_config
+from segkit.tasks.predict import predict_from_config
+from segkit.tasks.train import train
 from tests.conftest import ROOT, TINY, compose_config
 
 
@@ -84,15 +84,15 @@ def _run_entry(entry: str, ckpt: Path, tmp_path: Path) -> None:
         cfg = compose_config("eval", ["extras.print_config=false", "progress=false", f"ckpt={ckpt}"], output_dir=out)
         with open_dict(cfg):
             cfg.output_dir = str(out)
-        evaluate(cfg)
+        evaluate_from_config(cfg)
     elif entry == "predict":
         image = tmp_path / "input.png"
         cv2.imwrite(str(image), np.zeros((20, 24, 3), np.uint8))
         cfg = compose_config("predict", [f"ckpt={ckpt}", f"input={image}", f"output={out}", "progress=false"])
-        predict(cfg)
+        predict_from_config(cfg)
     else:
         cfg = compose_config("export", [f"ckpt={ckpt}", f"output={out}/m.onnx", "height=32", "width=32"])
-        export(cfg)
+        export_from_config(cfg)
 
 
 @pytest.mark.parametrize("entry", ["eval", "predict", "export"])

@@ -17,11 +17,11 @@ from torch.utils.data import Dataset
 from segkit import SegkitError
 from segkit.data.datamodule import SegmentationDataModule
 from segkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms
-from segkit.evaluation import evaluate
 from segkit.losses import CrossEntropyLoss
 from segkit.metrics import scores_from_confusion
 from segkit.models.module import SegmentationModule
-from segkit.training import build_datamodule, train
+from segkit.tasks.evaluate import evaluate_from_config
+from segkit.tasks.train import build_datamodule, train
 from tests.conftest import TINY, compose_config
 
 COLORS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]], dtype=np.uint8)
@@ -125,7 +125,7 @@ def test_eval_scores_a_resized_run_at_full_resolution(tmp_path):
         output_dir=out,
     )
     cfg.output_dir = str(out)
-    scores = evaluate(cfg)
+    scores = evaluate_from_config(cfg)
     assert scores["val/mIoU"] == pytest.approx(metrics["val/mIoU"], abs=1e-6)
     predictions = sorted((out / "predictions" / "train_ids").glob("*.png"))
     assert len(predictions) == 8 and cv2.imread(str(predictions[0]), cv2.IMREAD_UNCHANGED).shape == (64, 64)

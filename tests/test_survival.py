@@ -16,7 +16,7 @@ import torch
 
 from segkit import NonFiniteLossError, SegkitError
 from segkit.data.class_weights import cached_counts
-from segkit.training import build_datamodule, train
+from segkit.tasks.train import build_datamodule, train
 from tests.conftest import ROOT, TINY
 from tests.helpers import read_csv_metrics, val_rows
 

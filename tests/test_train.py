@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from segkit.training import build_datamodule, build_module, train
+from segkit.tasks.train import build_datamodule, build_module, train
 from tests.conftest import ROOT, TINY
 from tests.helpers import val_rows
 

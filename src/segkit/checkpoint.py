@@ -1,7 +1,9 @@
 """Rebuild a trained net from a segkit checkpoint (or a run directory) without Lightning or the training config.
 
-A checkpoint carries the resolved run config (``hyper_parameters``: ``model``, ``data``, ...) and the label
-facts (``segkit``: class names, number of classes, ignore index), so eval, predict and export need nothing else.
+A checkpoint carries the resolved run config (``hyper_parameters``: ``model``, ``data``, ...) and what the model
+needs to be used (``segkit``: class names, colours, source ids, ignore index, input channels, normalisation, the
+training input size), so eval, predict and export read them from the ``LoadedModel`` and need nothing else.
+Checkpoints written before those facts were stored fall back to the run config stored with them.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from segkit import SegkitError
 from segkit.data.labels import LabelTable
+from segkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from segkit.safe_config import check_data_config, check_net_config
 
 log = logging.getLogger("segkit")
@@ -26,7 +30,8 @@ log = logging.getLogger("segkit")
 
 @dataclass
 class LoadedModel:
-    """A net in eval mode plus what is needed to use it: its run config and its classes."""
+    """A net in eval mode plus what is needed to use it: its classes and the input it expects (and the run config
+    that trained it, for what only training knows)."""
 
     net: nn.Module
     config: dict[str, Any]
@@ -34,10 +39,23 @@ class LoadedModel:
     colors: tuple[tuple[int, int, int], ...]
     ignore_index: int
     path: Path | None = None
+    in_channels: int = 3
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    input_size: tuple[int, int] | None = None  # the training crop (height, width); None: whole images
+    source_ids: tuple[tuple[int, ...], ...] = ()  # per train id, the dataset's own ids (empty where unknown)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def to_source_ids(self, train_ids: np.ndarray, fill: int = 0) -> np.ndarray:
+        """Train ids -> each class's first source id (predictions back to e.g. Cityscapes labelIds)."""
+        lut = np.full(256, fill, dtype=np.int64)
+        for k, ids in enumerate(self.source_ids):
+            if ids:
+                lut[k] = ids[0]
+        return lut[np.clip(train_ids, 0, 255)]
 
 
 def find_checkpoint(run_dir: Path) -> Path:
@@ -106,8 +124,9 @@ def build_net(
     """Instantiate a ``conf/model`` config whose ``_target_`` is a segkit net or a torchvision model builder
     (``check_net_config``); ``for_weights`` skips downloading pretrained backbones whose weights a checkpoint is
     about to replace. ``source`` names where the config came from in errors."""
-    cfg = dict(OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig) else model_cfg)
-    cfg.pop("aux_weights", None)
+    from segkit.models.module import split_model_config
+
+    cfg, _ = split_model_config(model_cfg)
     target = check_net_config(cfg, source)
     if for_weights:  # no download: the checkpoint's weights replace these
         cfg.update({k: None if k == "weights_path" else False for k in ("pretrained", "weights_path") if k in cfg})
@@ -131,21 +150,45 @@ def build_net(
         raise SegkitError(f"cannot build model '{target}': {type(cause).__name__}: {cause}") from err
 
 
-def _labels(config: Mapping, info: Mapping) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
-    names = tuple(info.get("class_names") or ())
+def _stored_table(config: Mapping) -> LabelTable | None:
     table_cfg = (config.get("data") or {}).get("labels")
-    table = None
-    if table_cfg:
-        try:
-            table = LabelTable.from_config(table_cfg)
-        except SegkitError:
-            table = None
+    if not table_cfg:
+        return None
+    try:
+        return LabelTable.from_config(table_cfg)
+    except SegkitError:
+        return None
+
+
+def _labels(config: Mapping, info: Mapping) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...], tuple]:
+    """Names, colours and source ids: stored with the checkpoint, else (older checkpoints) from the run config's
+    label table, else numbered classes in a generated palette."""
+    names = tuple(info.get("class_names") or ())
+    if names and info.get("colors") is not None:
+        colors = tuple(tuple(int(v) for v in c) for c in info["colors"])
+        source_ids = tuple(tuple(int(i) for i in ids) for ids in info.get("source_ids") or ())
+        return names, colors, source_ids
+    table = _stored_table(config)
     if table is not None and (not names or tuple(table.names) == names):
-        return table.names, table.colors
+        return table.names, table.colors, table.source_ids
     if not names and info.get("num_classes"):
         names = tuple(str(i) for i in range(int(info["num_classes"])))
     palette = LabelTable.from_config({"classes": [{"name": n} for n in names]}).colors if names else ()
-    return names, palette
+    return names, palette, ()
+
+
+def _input_format(config: Mapping, info: Mapping) -> dict[str, Any]:
+    """Channels, mean/std and training input size: stored with the checkpoint, else from the run config."""
+    data = config.get("data") or {}
+    transform = data.get("val_transform") or {}
+    crop = (data.get("train_transform") or {}).get("crop_size")
+    size = info.get("input_size", crop)
+    return {
+        "in_channels": int(info.get("in_channels") or data.get("in_channels") or 3),
+        "mean": tuple(float(v) for v in (info.get("mean") or transform.get("mean") or IMAGENET_MEAN)),
+        "std": tuple(float(v) for v in (info.get("std") or transform.get("std") or IMAGENET_STD)),
+        "input_size": (int(size[0]), int(size[1])) if size else None,
+    }
 
 
 def load_model(
@@ -180,11 +223,11 @@ def load_model(
     info = checkpoint.get("segkit") or {}
     state = {k[len("net.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
     num_classes = int(info.get("num_classes") or _classifier_width(state))
-    in_channels = int((config.get("data") or {}).get("in_channels", 3))
-    net = build_net(config["model"], num_classes, in_channels, for_weights=True, source=source)
+    inputs = _input_format(config, info)
+    net = build_net(config["model"], num_classes, inputs["in_channels"], for_weights=True, source=source)
     check_weights_fit(net, state, path, num_classes)
     net.load_state_dict(state)
-    names, colors = _labels(config, info)
+    names, colors, source_ids = _labels(config, info)
     if len(names) != num_classes:
         raise SegkitError(f"checkpoint '{path}' lists {len(names)} class names for {num_classes} classes")
     return LoadedModel(
@@ -194,6 +237,8 @@ def load_model(
         colors=colors,
         ignore_index=int(info.get("ignore_index", 255)),
         path=path,
+        source_ids=source_ids,
+        **inputs,
     )
 
 

@@ -16,6 +16,18 @@ from torch import nn
 Inference = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
 
+def resolve_device(device: str | None) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; an explicit CUDA request without a GPU is an error."""
+    from segkit import SegkitError
+
+    name = str(device or "auto")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SegkitError(f"device={name} but no CUDA GPU is available; use device=cpu")
+    return torch.device(name)
+
+
 def net_logits(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """The main-head logits of a net that returns a tensor or a dict with ``out`` (auxiliary heads dropped)."""
     out = net(images)

@@ -3,12 +3,42 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from segkit import SegkitError
+
+if TYPE_CHECKING:
+    from segkit.data.datamodule import SegmentationDataModule
+
+
+def build_loss(loss_cfg: Any, datamodule: SegmentationDataModule) -> nn.Module:
+    """The ``loss`` config as a module for the data: ``ignore_index`` from its label table, and
+    ``class_weights: enet | median_freq`` (on the loss, or on a term of a weighted sum under ``losses:``) replaced
+    by the weights counted over its train split (cached, see ``segkit.data.class_weights``). The run's config keeps
+    the name; only the copy instantiated here holds the numbers."""
+    import hydra
+    from omegaconf import DictConfig, ListConfig
+
+    from segkit.data.class_weights import METHODS, class_weights
+
+    loss_cfg = loss_cfg.copy()
+    terms = loss_cfg.get("losses")
+    named = (
+        terms.items() if isinstance(terms, DictConfig) else enumerate(terms) if isinstance(terms, ListConfig) else []
+    )
+    for key, node in [("loss", loss_cfg), *((f"loss.losses.{key}", term) for key, term in named)]:
+        name = node.get("class_weights") if isinstance(node, DictConfig) else None
+        if isinstance(name, str):
+            if name not in METHODS:
+                raise SegkitError(
+                    f"{key}.class_weights={name!r}; use one of {list(METHODS)}, a list of floats, or null"
+                )
+            node.class_weights = class_weights(datamodule, name)
+    return hydra.utils.instantiate(loss_cfg, ignore_index=datamodule.ignore_index)
 
 
 class CrossEntropyLoss(nn.Module):
@@ -22,7 +52,7 @@ class CrossEntropyLoss(nn.Module):
         if class_weights is not None and isinstance(class_weights, str):
             raise SegkitError(
                 f"loss.class_weights={class_weights!r}: names (enet, median_freq) are resolved from the train split by "
-                f"segkit.training.build_module; building the loss directly, pass segkit.data.class_weights' list"
+                f"segkit.losses.build_loss; building the loss directly, pass segkit.data.class_weights' list"
             )
         weight = _float_buffer(class_weights)
         self.register_buffer("weight", weight, persistent=False)

@@ -54,7 +54,7 @@ def test_counts_are_cached_by_dataset_split_and_table(tmp_path):
 
 
 def test_loss_takes_named_weights_through_build_module(tiny_cfg, tmp_path, monkeypatch):
-    from segkit.training import build_datamodule, build_module
+    from segkit.tasks.train import build_datamodule, build_module
 
     monkeypatch.setenv("SEGKIT_CACHE_DIR", str(tmp_path / "cache"))
     cfg = tiny_cfg("loss.class_weights=median_freq", "data.dataset.num_samples={train: 4, val: 2, test: 2}")
@@ -87,7 +87,7 @@ def test_camvid_weights_and_stats(camvid_root, tmp_path, capsys):
 
 def test_named_weights_resolve_inside_a_weighted_sum(tiny_cfg, tmp_path, monkeypatch):
     """`loss=ce_dice loss.losses.ce.class_weights=enet`: the CE term of the sum gets the counted weights."""
-    from segkit.training import build_datamodule, build_module
+    from segkit.tasks.train import build_datamodule, build_module
 
     monkeypatch.setenv("SEGKIT_CACHE_DIR", str(tmp_path / "cache"))
     cfg = tiny_cfg(

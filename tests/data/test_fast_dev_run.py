@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from segkit.training import build_datamodule, build_module, train
+from segkit.tasks.train import build_datamodule, build_module, train
 from tests.conftest import compose_config
 from tests.data import trees
 

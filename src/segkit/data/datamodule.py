@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from segkit import SegkitError
 from segkit.data.labels import LabelTable, load_table
 from segkit.data.samplers import SeededSampler, UnpaddedDistributedSampler
-from segkit.data.transforms import eval_transforms, train_transforms
+from segkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, NormalizeChannels, eval_transforms, train_transforms
 
 
 class TransformedDataset(Dataset):
@@ -72,6 +72,25 @@ def collate_eval(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple:
         return torch.stack(items) if len({tuple(t.shape) for t in items}) == 1 else list(items)
 
     return stack(images), stack(masks)
+
+
+def _normalization(transform: Callable | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean/std of a pipeline's ``NormalizeChannels`` step (ImageNet's where it has none)."""
+    for step in getattr(transform, "transforms", []):
+        if isinstance(step, NormalizeChannels):
+            return step.mean, step.std
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def _crop_size(transform: Callable | None) -> list[int] | None:
+    """``[height, width]`` of the crops a train pipeline feeds the net, or None where it trains on whole images."""
+    for step in getattr(transform, "transforms", []):
+        size = getattr(step, "size", None)  # RandomResizedCrop
+        if size is None and type(step).__name__ == "RandomCrop":
+            size = (step.height, step.width)
+        if size is not None and type(step).__name__ in ("RandomCrop", "RandomResizedCrop"):
+            return [int(size[0]), int(size[1])]
+    return None
 
 
 class SegmentationDataModule(LightningDataModule):
@@ -149,6 +168,22 @@ class SegmentationDataModule(LightningDataModule):
     @property
     def ignore_index(self) -> int:
         return self.labels.ignore_index
+
+    def describe(self) -> dict:
+        """What a model trained on this data needs to be used without it, as plain types: the label table (names,
+        colours, source ids, ignore index) and the input format (channels, normalisation, training input size).
+        The training module stores it in every checkpoint (``segkit.loading.LoadedModel`` reads it back)."""
+        mean, std = _normalization(self.val_transform)
+        return {
+            "class_names": list(self.labels.names),
+            "colors": [[int(c) for c in color] for color in self.labels.colors],
+            "source_ids": [[int(i) for i in ids] for ids in self.labels.source_ids],
+            "ignore_index": int(self.ignore_index),
+            "in_channels": int(self.in_channels),
+            "mean": list(mean),
+            "std": list(std),
+            "input_size": _crop_size(self.train_transform),
+        }
 
     def split_dataset(self, stage: str) -> Dataset:
         """The transformed dataset of ``stage`` (train / val / test), built once."""

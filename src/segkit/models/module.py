@@ -16,6 +16,23 @@ from segkit import NonFiniteLossError
 from segkit.inference import at_label_size
 from segkit.metrics import SegmentationMetrics
 
+TRAINING_KEYS = ("aux_weights",)
+
+
+def split_model_config(model_cfg: Mapping) -> tuple[dict[str, Any], dict[str, float] | None]:
+    """A ``conf/model`` config -> (the net's own arguments, ``aux_weights``).
+
+    ``aux_weights`` (output name -> loss weight of an auxiliary head) is a training concern that the model configs
+    carry next to the net's arguments; it goes to this module, never to the net. The one place that separates them,
+    used by training and by the checkpoint loader.
+    """
+    from omegaconf import DictConfig, OmegaConf
+
+    cfg = OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig) else dict(model_cfg)
+    training = {key: cfg.pop(key) for key in TRAINING_KEYS if key in cfg}
+    aux_weights = training.get("aux_weights")
+    return cfg, (dict(aux_weights) if aux_weights else None)
+
 
 class SegmentationModule(LightningModule):
     """Trains ``net`` (B x C x H x W -> B x K x H x W, or a dict with ``out`` and auxiliary outputs).
@@ -28,9 +45,12 @@ class SegmentationModule(LightningModule):
         scheduler: ``scheduler(optimizer, total_steps=...) -> LRScheduler`` stepped per step (or a Lightning
             scheduler dict with its own interval/monitor), or None.
         num_classes / ignore_index / class_names: from the data module.
-        aux_weights: output name -> loss weight for auxiliary heads, e.g. ``{"aux": 0.4}``.
+        aux_weights: output name -> loss weight for auxiliary heads, e.g. ``{"aux": 0.4}``; None takes the net's
+            ``default_aux_weights`` attribute where it has one, else no auxiliary loss.
         config: the resolved run config, stored in checkpoints and shown to loggers.
         channels_last: keep the net and the input batches in NHWC memory format.
+        data_facts: ``SegmentationDataModule.describe()``: label table and input format, stored in checkpoints so a
+            loaded model describes itself.
     """
 
     def __init__(
@@ -45,6 +65,7 @@ class SegmentationModule(LightningModule):
         aux_weights: Mapping[str, float] | None = None,
         config: Mapping | None = None,
         channels_last: bool = False,
+        data_facts: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(dict(config or {}))
@@ -52,8 +73,11 @@ class SegmentationModule(LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.class_names = tuple(class_names) if class_names else tuple(str(i) for i in range(num_classes))
+        if aux_weights is None:
+            aux_weights = getattr(net, "default_aux_weights", None)
         self.aux_weights = dict(aux_weights or {})
         self.channels_last = channels_last
+        self.data_facts = dict(data_facts or {})
         if channels_last:  # NHWC: faster convolutions on tensor cores and with bf16/fp16 autocast
             self.net = self.net.to(memory_format=torch.channels_last)
             self.net.register_forward_pre_hook(_channels_last_input)
@@ -193,6 +217,7 @@ class SegmentationModule(LightningModule):
         if torch.cuda.is_available() and torch.cuda.is_initialized():  # GPU dropout/augmentation resume exactly too
             checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
         checkpoint["segkit"] = {
+            **self.data_facts,
             "class_names": list(self.class_names),
             "num_classes": self.num_classes,
             "ignore_index": self.ignore_index,

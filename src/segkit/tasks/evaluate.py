@@ -1,4 +1,4 @@
-"""What ``src/eval.py`` runs: score a checkpoint on a split with an inference mode, write the report.
+"""What ``src/eval.py`` runs: score a loaded model on a split with an inference mode, write the report.
 
 The data comes from the checkpoint's own run config (or the run directory's ``.hydra/config.yaml``) unless a
 ``data=`` group is chosen, so ``python src/eval.py ckpt=...`` scores exactly what training validated on.
@@ -23,36 +23,27 @@ from tqdm import tqdm
 from segkit import SegkitError
 from segkit.checkpoint import LoadedModel, load_model
 from segkit.data.datamodule import SegmentationDataModule, collate_eval
-from segkit.inference import WholeImage, at_label_size, predict_probs
+from segkit.inference import Inference, at_label_size, predict_probs, resolve_device
 from segkit.metrics import SegmentationMetrics, scores_from_confusion
 from segkit.safe_config import check_data_config
-from segkit.training import instantiate_datamodule
+from segkit.tasks.train import instantiate_datamodule
 from segkit.visualize import colorize, save_confusion_png
 
 log = logging.getLogger("segkit")
 
 
-def resolve_device(device: str | None) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; an explicit CUDA request without a GPU is an error."""
-    name = str(device or "auto")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SegkitError(f"device={name} but no CUDA GPU is available; use device=cpu")
-    return torch.device(name)
-
-
-def eval_datamodule(cfg: DictConfig, model: LoadedModel) -> SegmentationDataModule:
-    """The data group chosen on the command line, else the one the model was trained with (``data_root``
-    re-points its folder)."""
-    chosen = cfg.get("data")
+def datamodule_for(
+    model: LoadedModel, chosen: DictConfig | None = None, data_root: str | None = None
+) -> SegmentationDataModule:
+    """The ``chosen`` data config (a ``data=`` group), else the one the model was trained with; ``data_root``
+    re-points its folder. Its label table must be the model's."""
     data_cfg = OmegaConf.create(OmegaConf.to_container(chosen, resolve=True) if chosen else model.config.get("data"))
     if not data_cfg:
         raise SegkitError("the checkpoint stores no data config; choose one, e.g. data=camvid data.root=...")
     if not chosen:  # the checkpoint's own data config: build only segkit's data classes from it
         check_data_config(data_cfg, f"checkpoint '{model.path}'")
-    if cfg.get("data_root"):
-        data_cfg.root = str(cfg.data_root)
+    if data_root:
+        data_cfg.root = str(data_root)
     datamodule = instantiate_datamodule(data_cfg)
     if datamodule.num_classes != model.num_classes:
         raise SegkitError(
@@ -86,21 +77,22 @@ def sample_names(dataset: Any, count: int) -> list[str]:
     return [f"{i:06d}" for i in range(count)]
 
 
-class PredictionWriter:
-    """Writes each prediction as train-id PNG, colour PNG and (where the label table can map back to the
-    dataset's own ids, e.g. Cityscapes labelIds) label-id PNG."""
+class MaskWriter:
+    """Writes each predicted mask as train-id PNG, colour PNG and (where the model knows the dataset's own ids,
+    e.g. Cityscapes labelIds) label-id PNG: files to score or submit (``predict``'s ``OverlayWriter`` draws for
+    people instead)."""
 
-    def __init__(self, folder: Path, formats: Sequence[str], labels, colors) -> None:
+    def __init__(self, folder: Path, formats: Sequence[str], model: LoadedModel) -> None:
         import cv2
 
-        self.cv2, self.folder, self.colors = cv2, folder, colors
+        self.cv2, self.folder, self.colors = cv2, folder, model.colors
         self.formats = [f for f in formats]
         unknown = set(self.formats) - {"train_ids", "color", "label_ids"}
         if unknown:
             raise SegkitError(f"prediction_formats {sorted(unknown)} unknown; use train_ids, color, label_ids")
-        self.to_label_ids = getattr(labels, "to_source_ids", None)
+        self.to_label_ids = model.to_source_ids if model.source_ids else None
         if "label_ids" in self.formats and self.to_label_ids is None:
-            log.warning(f"label table '{labels.name}' cannot map train ids back; skipping label-id PNGs")
+            log.warning(f"checkpoint '{model.path}' stores no source ids; skipping label-id PNGs")
             self.formats.remove("label_ids")
         for fmt in self.formats:
             (folder / fmt).mkdir(parents=True, exist_ok=True)
@@ -140,41 +132,56 @@ def _plain(v: float) -> float | None:
     return None if math.isnan(v) else v
 
 
-def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Score the model on ``cfg.split``; write metrics.json, iou.md, confusion.png (and predictions) to
-    ``cfg.output_dir``. Returns flat metrics named like training's (``val/mIoU``, ``val/IoU/<class>``)."""
-    device = resolve_device(cfg.get("device"))
-    model = load_model(cfg.get("ckpt"), cfg.get("run_dir"), map_location=device)
-    datamodule = eval_datamodule(cfg, model)
-    split = str(cfg.get("split", "val"))
-    dataset = datamodule.split_dataset(split)
-    loader = DataLoader(
-        dataset,
-        batch_size=int(cfg.get("batch_size") or 1),
-        shuffle=False,
-        num_workers=int(cfg.get("num_workers") or 0),
-        collate_fn=collate_eval,
+def evaluate_from_config(cfg: DictConfig) -> dict[str, float]:
+    """``conf/eval.yaml`` onto ``evaluate``'s arguments."""
+    device = resolve_device(cfg.device)
+    model = load_model(cfg.ckpt, cfg.run_dir, map_location=device)
+    return evaluate(
+        model,
+        datamodule_for(model, cfg.get("data"), cfg.data_root),  # data: an optional group, absent by default
+        split=str(cfg.split),
+        mode=hydra.utils.instantiate(cfg.inference),
+        output_dir=Path(str(cfg.output_dir)),
+        device=device,
+        precision=str(cfg.precision),
+        batch_size=int(cfg.batch_size),
+        num_workers=int(cfg.num_workers),
+        prediction_formats=list(cfg.prediction_formats) if cfg.save_predictions else None,
+        progress=bool(cfg.progress),
     )
-    mode = hydra.utils.instantiate(cfg.inference) if cfg.get("inference") else WholeImage()
-    out_dir = Path(cfg.output_dir)
+
+
+def evaluate(
+    model: LoadedModel,
+    datamodule: SegmentationDataModule,
+    *,
+    split: str,
+    mode: Inference,
+    output_dir: Path,
+    device: torch.device,
+    precision: str,
+    batch_size: int,
+    num_workers: int,
+    prediction_formats: Sequence[str] | None,
+    progress: bool,
+) -> dict[str, float]:
+    """Score ``model`` on ``split`` of ``datamodule`` with inference ``mode``; write metrics.json, iou.md,
+    confusion.png (and, with ``prediction_formats``, the predicted masks) to ``output_dir``. Returns flat metrics
+    named like training's (``val/mIoU``, ``val/IoU/<class>``)."""
+    dataset = datamodule.split_dataset(split)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_eval)
+    out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    writer = None
-    if cfg.get("save_predictions"):
-        writer = PredictionWriter(
-            out_dir / "predictions",
-            cfg.get("prediction_formats") or ["train_ids", "color"],
-            datamodule.labels,
-            model.colors,
-        )
+    writer = MaskWriter(out_dir / "predictions", prediction_formats, model) if prediction_formats else None
     names = sample_names(dataset, len(dataset))  # type: ignore[arg-type]
     log.info(f"evaluating {model.path} on {datamodule.name}/{split} ({len(names)} images) with {mode!r} on {device}")
 
     metrics = SegmentationMetrics(model.num_classes, datamodule.ignore_index, model.class_names).to(device)
     seen = 0
-    for images, masks in tqdm(loader, desc=f"eval {split}", disable=not cfg.get("progress", True)):
+    for images, masks in tqdm(loader, desc=f"eval {split}", disable=not progress):
         for batch, targets in _same_size_groups(images, masks):
             try:
-                probs = predict_probs(model.net, batch.to(device), mode, str(cfg.get("precision", "fp32")))
+                probs = predict_probs(model.net, batch.to(device), mode, precision)
             except torch.OutOfMemoryError as err:
                 raise SegkitError(
                     "out of GPU memory; use inference=slide, a smaller batch_size, or precision=fp16"

@@ -1,4 +1,5 @@
-"""What ``src/predict.py`` runs: segment images or videos of any size, write colour masks and overlays.
+"""What ``src/predict.py`` runs: segment images or videos of any size with a loaded model, write colour masks and
+overlays.
 
 Inputs are a file, a folder (searched recursively), a glob pattern or a video. Images of equal size are
 batched together; every output has its input's size, whatever the net or inference mode.
@@ -21,9 +22,7 @@ from tqdm import tqdm
 from segkit import SegkitError
 from segkit.checkpoint import LoadedModel, load_model
 from segkit.data.datasets.base import read_image
-from segkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from segkit.evaluation import resolve_device
-from segkit.inference import WholeImage, predict_probs
+from segkit.inference import Inference, WholeImage, predict_probs, resolve_device
 from segkit.visualize import colorize, draw_legend, overlay, write_rgb
 
 log = logging.getLogger("segkit")
@@ -56,21 +55,14 @@ def _common_parent(files: Sequence[Path]) -> str:
     return os.path.commonpath([str(p.resolve().parent) for p in files])
 
 
-def normalization(config: dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The mean/std the model was trained with (its data's eval transform), ImageNet's by default."""
-    transform = (config.get("data") or {}).get("val_transform") or {}
-    return tuple(transform.get("mean") or IMAGENET_MEAN), tuple(transform.get("std") or IMAGENET_STD)
-
-
 class Predictor:
     """Turns RGB uint8 images into train-id maps with a loaded model, an inference mode and a device."""
 
     def __init__(self, model: LoadedModel, mode=None, device: torch.device | str = "cpu", precision: str = "fp32"):
         self.model, self.mode = model, mode or WholeImage()
         self.device, self.precision = torch.device(device), precision
-        mean, std = normalization(model.config)
-        self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1) * 255.0
-        self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1) * 255.0
+        self.mean = torch.tensor(model.mean[:3], device=self.device).view(1, -1, 1, 1) * 255.0
+        self.std = torch.tensor(model.std[:3], device=self.device).view(1, -1, 1, 1) * 255.0
 
     def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Equal-size H x W x 3 uint8 RGB images -> N x H x W uint8 train ids."""
@@ -79,9 +71,10 @@ class Predictor:
         return probs.argmax(1).to(torch.uint8).cpu().numpy()
 
 
-class OutputWriter:
+class OverlayWriter:
     """Writes ``<name>_mask.png`` (colours), ``<name>_overlay.png`` (blend + legend) and optionally
-    ``<name>_ids.png`` (train ids) under ``folder``, mirroring the inputs' sub-folders."""
+    ``<name>_ids.png`` (train ids) under ``folder``, mirroring the inputs' sub-folders: pictures for people
+    (``evaluate``'s ``MaskWriter`` writes files to score instead)."""
 
     def __init__(self, folder: Path, model: LoadedModel, alpha: float, legend: str, save_ids: bool) -> None:
         if legend not in ("present", "all", "none"):
@@ -120,7 +113,7 @@ def _batches(files: Sequence[Path], batch_size: int) -> Iterator[list[tuple[Path
 
 
 def predict_video(
-    path: Path, relative: Path, predictor: Predictor, writer: OutputWriter, batch_size: int, progress: bool
+    path: Path, relative: Path, predictor: Predictor, writer: OverlayWriter, batch_size: int, progress: bool
 ) -> None:
     """Frames in batches -> ``<name>_mask.mp4`` and ``<name>_overlay.mp4`` at the video's size and frame rate."""
     capture = cv2.VideoCapture(str(path))
@@ -160,30 +153,49 @@ def predict_video(
             out.release()
 
 
-def predict(cfg: DictConfig) -> dict[str, float]:
-    """Segment ``cfg.input`` with the model of ``cfg.ckpt``; outputs go to ``cfg.output``."""
-    if not cfg.get("input"):
+def predict_from_config(cfg: DictConfig) -> dict[str, float]:
+    """``conf/predict.yaml`` onto ``predict``'s arguments."""
+    if not cfg.input:
         raise SegkitError("no input given: pass input=<image | folder | 'glob/*.png' | video.mp4>")
-    device = resolve_device(cfg.get("device"))
-    model = load_model(cfg.get("ckpt"), cfg.get("run_dir"), map_location=device)
-    if int((model.config.get("data") or {}).get("in_channels", 3)) != 3:
+    device = resolve_device(cfg.device)
+    return predict(
+        load_model(cfg.ckpt, cfg.run_dir, map_location=device),
+        str(cfg.input),
+        Path(str(cfg.output)).expanduser(),
+        mode=hydra.utils.instantiate(cfg.inference),
+        device=device,
+        precision=str(cfg.precision),
+        batch_size=max(1, int(cfg.batch_size)),
+        alpha=float(cfg.alpha),
+        legend=str(cfg.legend),
+        save_ids=bool(cfg.save_ids),
+        progress=bool(cfg.progress),
+    )
+
+
+def predict(
+    model: LoadedModel,
+    inputs: str,
+    out_dir: Path,
+    *,
+    mode: Inference,
+    device: torch.device,
+    precision: str,
+    batch_size: int,
+    alpha: float,
+    legend: str,
+    save_ids: bool,
+    progress: bool,
+) -> dict[str, float]:
+    """Segment ``inputs`` (a file, folder, glob or video) with ``model``; masks and overlays go to ``out_dir``."""
+    if model.in_channels != 3:
         raise SegkitError(
-            f"'{model.path}' takes {model.config['data']['in_channels']}-channel inputs; "
+            f"'{model.path}' takes {model.in_channels}-channel inputs; "
             "predict reads RGB images only (use src/eval.py with its data config)"
         )
-    files, base = collect_inputs(str(cfg.input))
-    mode = hydra.utils.instantiate(cfg.inference) if cfg.get("inference") else WholeImage()
-    predictor = Predictor(model, mode, device, str(cfg.get("precision", "fp32")))
-    out_dir = Path(str(cfg.output)).expanduser()
-    writer = OutputWriter(
-        out_dir,
-        model,
-        float(cfg.get("alpha", 0.5)),
-        str(cfg.get("legend", "present")),
-        bool(cfg.get("save_ids", False)),
-    )
-    batch_size = max(1, int(cfg.get("batch_size") or 1))
-    progress = bool(cfg.get("progress", True))
+    files, base = collect_inputs(inputs)
+    predictor = Predictor(model, mode, device, precision)
+    writer = OverlayWriter(out_dir, model, alpha, legend, save_ids)
     images = [f for f in files if f.suffix.lower() not in VIDEO_SUFFIXES]
     videos = [f for f in files if f.suffix.lower() in VIDEO_SUFFIXES]
     log.info(f"predicting {len(images)} image(s) and {len(videos)} video(s) with {model.path} ({mode!r}) on {device}")
