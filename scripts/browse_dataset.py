@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from segkit import SegkitError
-from segkit.data.tools import browse_grid, compose_datamodule
+from segkit.data.reports import browse_grid, compose_datamodule
 
 
 def main(argv: list[str] | None = None) -> int:

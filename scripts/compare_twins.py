@@ -92,7 +92,7 @@ def build_segkit(name: str, overrides: tuple[str, ...], num_classes: int) -> nn.
     import yaml
     from omegaconf import OmegaConf
 
-    from segkit.checkpoint import build_net
+    from segkit.loading import build_net
     from segkit.profiling import model_config
 
     cfg = model_config(name)

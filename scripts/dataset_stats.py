@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from segkit import SegkitError
-from segkit.data.tools import compose_datamodule, dataset_report
+from segkit.data.reports import compose_datamodule, dataset_report
 
 
 def main(argv: list[str] | None = None) -> int:

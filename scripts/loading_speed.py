@@ -23,7 +23,7 @@ from segkit.data.datamodule import SegmentationDataModule
 from segkit.data.datasets.camvid import CamVid
 from segkit.data.datasets.folder import ImageMaskFolder
 from segkit.data.labels import LabelTable
-from segkit.data.tools import CONF_DIR
+from segkit.data.reports import CONF_DIR
 
 PIPELINES = {"camvid": ((360, 480), (352, 480), 8), "cityscapes": ((1024, 2048), (512, 1024), 4)}
 

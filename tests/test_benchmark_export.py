@@ -9,8 +9,8 @@ import torch
 from omegaconf import open_dict
 
 from segkit import SegkitError
-from segkit.checkpoint import build_net
 from segkit.exporters import export_onnx, export_torchscript
+from segkit.loading import build_net
 from segkit.profiling import count_flops, model_config, size_and_flops
 from segkit.tasks.benchmark import benchmark_from_config
 from segkit.tasks.export import export_from_config

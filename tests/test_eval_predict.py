@@ -15,7 +15,7 @@ import torch
 from omegaconf import OmegaConf, open_dict
 
 from segkit import SegkitError
-from segkit.checkpoint import load_model
+from segkit.loading import load_model
 from segkit.tasks.evaluate import evaluate_from_config
 from segkit.tasks.predict import predict_from_config
 from segkit.tasks.train import train

@@ -35,10 +35,11 @@ def test_metric_ignores_void_pixels_and_accumulates_over_batches():
     pred = torch.tensor([[[0, 1, 1, 2]]])  # the last pixel is void: its wrong prediction must not count
     m.update(pred, target)
     m.update(torch.tensor([[[2, 2]]]), torch.tensor([[[2, 1]]]))
-    s = m.compute()
+    s = m.scores()
     # truth 0: [1,1,0]; truth 1: [0,1,1]; truth 2: [0,0,1]
     assert s["pixAcc"].item() == pytest.approx(3 / 5)
     assert s["IoU"].tolist() == pytest.approx([1 / 2, 1 / 3, 1 / 2])
+    assert m.compute().tolist() == [[1, 1, 0], [0, 1, 1], [0, 0, 1]]  # compute() is the parent's: the matrix
     named = m.named_scalars("val")
     assert named["val/mIoU"] == pytest.approx((1 / 2 + 1 / 3 + 1 / 2) / 3)
     assert named["val/IoU/b"] == pytest.approx(1 / 3)
@@ -49,7 +50,7 @@ def test_metric_accepts_logits_and_resets():
     logits = torch.zeros(1, 2, 1, 2)
     logits[0, 1, 0, 1] = 5.0
     m.update(logits, torch.tensor([[[0, 1]]]))
-    assert m.compute()["mIoU"].item() == pytest.approx(1.0)
+    assert m.scores()["mIoU"].item() == pytest.approx(1.0)
     m.reset()
     m.update(torch.tensor([[[1, 0]]]), torch.tensor([[[0, 1]]]))
-    assert m.compute()["mIoU"].item() == pytest.approx(0.0)
+    assert m.scores()["mIoU"].item() == pytest.approx(0.0)

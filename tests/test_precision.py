@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from pytorch_lightning.plugins import TorchSyncBatchNorm
 
-from segkit.sync_batchnorm import CpuSyncBatchNorm, SyncBatchNorm, convert_sync_batchnorm
+from segkit.sync_batchnorm import AllReduceBatchNorm, CpuSyncBatchNorm, convert_sync_batchnorm
 from segkit.tasks.train import build_datamodule, build_module, build_trainer, resolve_sync_batchnorm, train
 from tests.conftest import compose_config
 
@@ -108,7 +108,7 @@ def test_two_process_cpu_trainer_applies_cpu_sync_batchnorm(tmp_path):
     assert trainer.num_devices == 2 and isinstance(trainer.strategy._layer_sync, CpuSyncBatchNorm)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
     synced = trainer.strategy._layer_sync.apply(net)
-    assert isinstance(synced[1], SyncBatchNorm) and synced[1].weight is net[1].weight
+    assert isinstance(synced[1], AllReduceBatchNorm) and synced[1].weight is net[1].weight
     assert set(synced.state_dict()) == set(net.state_dict())
     reverted = trainer.strategy._layer_sync.revert(synced)
     assert type(reverted[1]) is torch.nn.BatchNorm2d and reverted[1].weight is net[1].weight

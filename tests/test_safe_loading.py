@@ -18,7 +18,7 @@ import torch
 from omegaconf import OmegaConf, open_dict
 
 from segkit import SegkitError
-from segkit.checkpoint import load_model, read_checkpoint
+from segkit.loading import load_model, read_checkpoint
 from segkit.models.backbones import load_state_dict_file
 from segkit.safe_config import check_data_config, check_net_config
 from segkit.tasks.evaluate import evaluate_from_config

@@ -45,7 +45,8 @@ def _nanmean(x: torch.Tensor) -> torch.Tensor:
 
 
 class SegmentationMetrics(MulticlassConfusionMatrix):
-    """Accumulates the confusion matrix of argmaxed predictions; ``compute()`` returns the score dict."""
+    """Accumulates the confusion matrix of argmaxed predictions. ``compute()`` returns it, as its parent does;
+    ``scores()`` turns it into the score dict (``scores_from_confusion``)."""
 
     def __init__(self, num_classes: int, ignore_index: int = 255, class_names: Sequence[str] | None = None) -> None:
         # validate_args=False is several times faster; inputs are already class indices.
@@ -58,12 +59,13 @@ class SegmentationMetrics(MulticlassConfusionMatrix):
             preds = preds.argmax(1)
         super().update(preds, target)
 
-    def compute(self) -> dict[str, torch.Tensor]:
-        return scores_from_confusion(super().compute())
+    def scores(self) -> dict[str, torch.Tensor]:
+        """pixAcc, mAcc, mIoU, fwIoU and per-class IoU/Acc of the accumulated (process-summed) matrix."""
+        return scores_from_confusion(self.compute())
 
     def named_scalars(self, prefix: str) -> dict[str, float]:
         """Flat ``{prefix/mIoU: ..., prefix/IoU/<class>: ...}`` of the accumulated state, for loggers."""
-        scores = self.compute()
+        scores = self.scores()
         out = {f"{prefix}/{k}": float(scores[k]) for k in ("mIoU", "pixAcc", "mAcc", "fwIoU")}
         for name, value in zip(self.class_names, scores["IoU"].tolist()):
             out[f"{prefix}/IoU/{name}"] = value

@@ -20,8 +20,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from segkit import SegkitError
-from segkit.checkpoint import build_net
 from segkit.inference import net_logits
+from segkit.loading import build_net
 
 log = logging.getLogger("segkit")
 

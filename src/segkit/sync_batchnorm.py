@@ -1,7 +1,7 @@
-"""SyncBatchNorm for every torch.distributed backend, the CPU's gloo included.
+"""Batch norm synchronised across processes on every torch.distributed backend, the CPU's gloo included.
 
 torch's ``nn.SyncBatchNorm`` runs on GPUs only ("SyncBatchNorm expected input tensor to be on GPU"). Under DDP on
-CPU processes (``trainer=ddp_sim``) ``SyncBatchNorm`` here all-reduces the per-channel sum, sum of squares and
+CPU processes (``trainer=ddp_sim``) ``AllReduceBatchNorm`` here all-reduces the per-channel sum, sum of squares and
 count of each batch through ``torch.distributed.nn`` (differentiable), so every process normalises with the
 statistics of the whole global batch and the gradients are those of one process holding it all. It is not a
 subclass of ``nn.SyncBatchNorm``, which DDP rejects on CPU modules; GPU runs keep torch's own (Lightning's
@@ -18,9 +18,10 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 
-class SyncBatchNorm(_BatchNorm):
+class AllReduceBatchNorm(_BatchNorm):
     """BatchNorm over the batches of all processes of ``process_group`` (all-reduce of per-channel sums);
-    plain BatchNorm outside training or without an initialised process group of more than one process."""
+    plain BatchNorm outside training or without an initialised process group of more than one process. Named apart
+    from torch's ``nn.SyncBatchNorm``, which it neither is nor subclasses."""
 
     def __init__(
         self,
@@ -37,7 +38,7 @@ class SyncBatchNorm(_BatchNorm):
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
         if input.dim() < 2:
-            raise ValueError(f"SyncBatchNorm expected at least 2D input (got {input.dim()}D input)")
+            raise ValueError(f"AllReduceBatchNorm expected at least 2D input (got {input.dim()}D input)")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         syncing = (
@@ -85,10 +86,10 @@ def _share_state(source: _BatchNorm, target: _BatchNorm) -> None:
 
 
 def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
-    """Every ``BatchNorm*d`` of ``module`` as ``SyncBatchNorm`` above, sharing its parameters and buffers."""
+    """Every ``BatchNorm*d`` of ``module`` as ``AllReduceBatchNorm`` above, sharing its parameters and buffers."""
     converted = module
-    if isinstance(module, _BatchNorm) and not isinstance(module, (nn.SyncBatchNorm, SyncBatchNorm)):
-        converted = SyncBatchNorm(
+    if isinstance(module, _BatchNorm) and not isinstance(module, (nn.SyncBatchNorm, AllReduceBatchNorm)):
+        converted = AllReduceBatchNorm(
             module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats, process_group
         )
         converted.original_cls = type(module)
@@ -99,9 +100,9 @@ def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
 
 
 def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
-    """Every ``SyncBatchNorm`` above back to the BatchNorm class it replaced, sharing parameters and buffers."""
+    """Every ``AllReduceBatchNorm`` above back to the BatchNorm class it replaced, sharing parameters and buffers."""
     converted = module
-    if isinstance(module, SyncBatchNorm):
+    if isinstance(module, AllReduceBatchNorm):
         converted = module.original_cls(
             module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
         )
@@ -112,7 +113,7 @@ def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
 
 
 class CpuSyncBatchNorm(LayerSync):
-    """Lightning layer-sync plugin: ``SyncBatchNorm`` above while fitting, the original BatchNorm after."""
+    """Lightning layer-sync plugin: ``AllReduceBatchNorm`` above while fitting, the original BatchNorm after."""
 
     def apply(self, model: nn.Module) -> nn.Module:
         return convert_sync_batchnorm(model)

@@ -1,7 +1,8 @@
-"""Pictures of predictions: colour masks, alpha overlays, a class legend and the confusion-matrix figure.
+"""Pictures of masks: palettes, colour masks, alpha overlays, class legends and the confusion-matrix figure.
 
-Pure NumPy/OpenCV on H x W x 3 uint8 RGB arrays, so the eval/predict commands and the W&B callbacks draw
-the same thing. Matplotlib is imported only by ``confusion_figure``.
+The only place segkit draws: label tables (default colours), the dataset reports (browse grid), eval, predict
+and the W&B dashboard all use these. Pure NumPy/OpenCV on H x W x 3 uint8 RGB arrays; matplotlib is imported
+only by ``confusion_figure``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,26 @@ from collections.abc import Sequence
 
 import cv2
 import numpy as np
+
+
+def voc_palette(n: int = 256) -> np.ndarray:
+    """The PASCAL VOC palette (n x 3 uint8): index i's colour interleaves i's bits over R, G, B."""
+    palette = np.zeros((n, 3), dtype=np.uint8)
+    for i in range(n):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette[i] = (r, g, b)
+    return palette
+
+
+def default_color(k: int) -> tuple[int, int, int]:
+    """A distinct colour for train id ``k`` of a table that gives none: VOC's colour of ``k + 1`` (0 is black)."""
+    r, g, b = voc_palette(k + 2)[k + 1]
+    return int(r), int(g), int(b)
 
 
 def colorize(ids: np.ndarray, colors: Sequence[Sequence[int]], ignore_color: Sequence[int] = (0, 0, 0)) -> np.ndarray:
@@ -22,12 +43,18 @@ def colorize(ids: np.ndarray, colors: Sequence[Sequence[int]], ignore_color: Seq
     return palette[safe]
 
 
-def overlay(image: np.ndarray, color_mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Alpha-blend a colour mask over an RGB image of the same size: ``(1 - alpha) * image + alpha * mask``."""
+def overlay(
+    image: np.ndarray, color_mask: np.ndarray, alpha: float = 0.5, keep: np.ndarray | None = None
+) -> np.ndarray:
+    """Alpha-blend a colour mask over an RGB image of the same size: ``(1 - alpha) * image + alpha * mask``;
+    pixels where ``keep`` (H x W bool, e.g. ignore pixels) is true stay as in the image. Extra image channels
+    (depth) are dropped."""
+    image = image[..., :3]
     if image.shape[:2] != color_mask.shape[:2]:
         raise ValueError(f"image {image.shape[:2]} and mask {color_mask.shape[:2]} differ in size")
     blended = (1.0 - alpha) * image.astype(np.float32) + alpha * color_mask.astype(np.float32)
-    return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    out = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    return np.where(keep[..., None], image, out) if keep is not None else out
 
 
 def draw_legend(
@@ -73,6 +100,25 @@ def draw_legend(
             cv2.LINE_AA,
         )
     return out
+
+
+def legend_strip(
+    names: Sequence[str], colors: Sequence[Sequence[int]], classes: Sequence[int], width: int, entry_width: int = 200
+) -> np.ndarray:
+    """A white strip of colour swatches and ``<id> <name>`` entries for ``classes``, wrapped to ``width`` pixels
+    (to put under a grid of images, where ``draw_legend`` would hide part of one)."""
+    per_row = max(1, width // entry_width)
+    rows = max(1, -(-len(classes) // per_row))
+    strip = np.full((rows * 24 + 8, width, 3), 255, dtype=np.uint8)
+    for n, k in enumerate(classes):
+        r, c = divmod(n, per_row)
+        x, y = c * entry_width + 8, r * 24 + 8
+        cv2.rectangle(strip, (x, y), (x + 16, y + 16), tuple(int(v) for v in colors[k]), -1)
+        cv2.rectangle(strip, (x, y), (x + 16, y + 16), (0, 0, 0), 1)
+        cv2.putText(
+            strip, f"{k} {names[k]}"[:24], (x + 22, y + 13), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA
+        )
+    return strip
 
 
 def normalize_confusion(confusion: np.ndarray) -> np.ndarray:

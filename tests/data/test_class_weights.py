@@ -70,7 +70,7 @@ def test_camvid_weights_and_stats(camvid_root, tmp_path, capsys):
     """The stats script and the weights on real CamVid (a 20-image slice keeps it fast)."""
     from scripts.dataset_stats import main as stats_main
 
-    from segkit.data.tools import compose_datamodule
+    from segkit.data.reports import compose_datamodule
 
     assert stats_main(["data=camvid", f"data.root={camvid_root}", "--limit", "20"]) == 0
     report = capsys.readouterr().out

@@ -69,7 +69,7 @@ def write_palette_png(path: Path, indices: np.ndarray) -> Path:
     """A PASCAL-style palette PNG (what VOC ships), written with PIL since OpenCV cannot write palettes."""
     from PIL import Image
 
-    from segkit.data.labels import voc_palette
+    from segkit.visualize import voc_palette
 
     path.parent.mkdir(parents=True, exist_ok=True)
     image = Image.fromarray(indices.astype(np.uint8), mode="P")

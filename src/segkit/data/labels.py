@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from segkit import SegkitError
+from segkit.visualize import default_color
 
 IGNORE_INDEX = 255
 TABLES_DIR = Path(__file__).resolve().parents[3] / "conf" / "data" / "labels"
@@ -212,11 +213,10 @@ class LabelTable:
         return lut[np.clip(train_ids, 0, 255)]
 
     def colorize(self, train_ids: np.ndarray) -> np.ndarray:
-        """Train ids (H x W) -> RGB uint8 image; ignore pixels are black."""
-        palette = np.zeros((256, 3), dtype=np.uint8)
-        palette[: self.num_classes] = np.asarray(self.colors, dtype=np.uint8)
-        ids = np.where((train_ids >= 0) & (train_ids < self.num_classes), train_ids, 255)
-        return palette[ids.astype(np.int64)]
+        """Train ids (H x W) -> RGB uint8 image in the table's colours; ignore pixels are black."""
+        from segkit.visualize import colorize
+
+        return colorize(train_ids, self.colors)
 
     def fingerprint(self) -> str:
         """A short digest of everything that changes the train ids: keys the class-weight cache."""
@@ -283,7 +283,7 @@ def _class_entry(table: str, k: int, entry: dict) -> dict:
     ids = ids if isinstance(ids, Sequence) and not isinstance(ids, str) else [ids]
     return {
         "name": str(entry["name"]),
-        "color": _as_color(table, entry.get("color") or _default_color(k)),
+        "color": _as_color(table, entry.get("color") or default_color(k)),
         "ids": tuple(int(i) for i in ids),
         "source_colors": tuple(_as_color(table, c) for c in entry.get("source_colors", []) or []),
     }
@@ -356,29 +356,3 @@ def _color_code(color: Sequence[int]) -> int:
 
 def _code_color(code: int) -> Color:
     return (int(code) >> 16) & 255, (int(code) >> 8) & 255, int(code) & 255
-
-
-def _default_color(k: int) -> Color:
-    """A distinct colour per class for tables that give none (bit-interleaved, as in the VOC palette)."""
-    r = g = b = 0
-    c = k + 1
-    for shift in range(7, -1, -1):
-        r |= ((c >> 0) & 1) << shift
-        g |= ((c >> 1) & 1) << shift
-        b |= ((c >> 2) & 1) << shift
-        c >>= 3
-    return r, g, b
-
-
-def voc_palette(n: int = 256) -> np.ndarray:
-    """The PASCAL VOC palette (n x 3 uint8): index i's colour interleaves i's bits over R, G, B."""
-    palette = np.zeros((n, 3), dtype=np.uint8)
-    for i in range(n):
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette[i] = (r, g, b)
-    return palette

@@ -16,8 +16,8 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from segkit import SegkitError
-from segkit.checkpoint import build_net
 from segkit.inference import resolve_device
+from segkit.loading import build_net
 from segkit.profiling import latency_ms, model_config, model_names, size_and_flops
 
 log = logging.getLogger("segkit")

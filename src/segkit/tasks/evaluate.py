@@ -21,9 +21,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from segkit import SegkitError
-from segkit.checkpoint import LoadedModel, load_model
 from segkit.data.datamodule import SegmentationDataModule, collate_eval
 from segkit.inference import Inference, at_label_size, predict_probs, resolve_device
+from segkit.loading import LoadedModel, load_model
 from segkit.metrics import SegmentationMetrics, scores_from_confusion
 from segkit.safe_config import check_data_config
 from segkit.tasks.train import instantiate_datamodule

@@ -20,9 +20,9 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from segkit import SegkitError
-from segkit.checkpoint import LoadedModel, load_model
 from segkit.data.datasets.base import read_image
 from segkit.inference import Inference, WholeImage, predict_probs, resolve_device
+from segkit.loading import LoadedModel, load_model
 from segkit.visualize import colorize, draw_legend, overlay, write_rgb
 
 log = logging.getLogger("segkit")

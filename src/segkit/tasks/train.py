@@ -15,10 +15,10 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from segkit import SegkitError
-from segkit.checkpoint import read_checkpoint
 from segkit.cli import segkit_cause
 from segkit.data.datamodule import SegmentationDataModule
 from segkit.files import atomic_write_text
+from segkit.loading import read_checkpoint
 from segkit.losses import build_loss
 from segkit.models.module import SegmentationModule, split_model_config
 from segkit.sync_batchnorm import CpuSyncBatchNorm

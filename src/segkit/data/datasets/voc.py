@@ -13,7 +13,8 @@ import numpy as np
 
 from segkit import SegkitError
 from segkit.data.datasets.base import PairedFilesDataset, check_pairs_exist, read_mask, require_dir
-from segkit.data.labels import LabelTable, voc_palette
+from segkit.data.labels import LabelTable
+from segkit.visualize import voc_palette
 
 LAYOUT = """  <root>/JPEGImages/<id>.jpg
   <root>/SegmentationClass/<id>.png                    (palette PNGs, 255 = border)

@@ -1,4 +1,6 @@
-"""What the dataset scripts share: build a datamodule from config overrides, pixel statistics, a browse grid."""
+"""Dataset reports for the dataset scripts (``dataset_stats``, ``browse_dataset``, ``loading_speed``): a datamodule
+from config overrides, image sizes and per-class pixel statistics, a browse grid of overlays (drawn by
+``segkit.visualize``)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from torch.utils.data import Dataset
 
 from segkit.data.class_weights import ClassCounts, count_pixels, enet_weights, median_freq_weights
 from segkit.data.labels import LabelTable
+from segkit.visualize import colorize, legend_strip
+from segkit.visualize import overlay as blend
 
 CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 
@@ -84,10 +88,7 @@ def _ignored_share(counts: ClassCounts, sizes: Counter) -> float:
 
 def overlay(image: np.ndarray, mask: np.ndarray, labels: LabelTable, alpha: float = 0.5) -> np.ndarray:
     """RGB image with the mask's class colours blended in; ignore pixels left as they are."""
-    rgb = image[..., :3].astype(np.float32)
-    color = labels.colorize(mask).astype(np.float32)
-    keep = (mask == labels.ignore_index)[..., None]
-    return np.where(keep, rgb, (1 - alpha) * rgb + alpha * color).clip(0, 255).astype(np.uint8)
+    return blend(image, colorize(mask, labels.colors), alpha, keep=mask == labels.ignore_index)
 
 
 def browse_grid(
@@ -114,27 +115,4 @@ def browse_grid(
     for n, tile in enumerate(tiles):
         r, c = divmod(n, cols)
         grid[r * tile_h : r * tile_h + tile.shape[0], c * tile_width : (c + 1) * tile_width] = tile
-    return np.concatenate([grid, legend(labels, sorted(seen), grid.shape[1])], axis=0)
-
-
-def legend(labels: LabelTable, classes: Sequence[int], width: int, entry_width: int = 200) -> np.ndarray:
-    """Colour swatches and class names, wrapped to ``width`` pixels."""
-    per_row = max(1, width // entry_width)
-    rows = max(1, -(-len(classes) // per_row))
-    strip = np.full((rows * 24 + 8, width, 3), 255, dtype=np.uint8)
-    for n, k in enumerate(classes):
-        r, c = divmod(n, per_row)
-        x, y = c * entry_width + 8, r * 24 + 8
-        cv2.rectangle(strip, (x, y), (x + 16, y + 16), tuple(int(v) for v in labels.colors[k]), -1)
-        cv2.rectangle(strip, (x, y), (x + 16, y + 16), (0, 0, 0), 1)
-        cv2.putText(
-            strip,
-            f"{k} {labels.names[k]}"[:24],
-            (x + 22, y + 13),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            0.45,
-            (0, 0, 0),
-            1,
-            cv2.LINE_AA,
-        )
-    return strip
+    return np.concatenate([grid, legend_strip(labels.names, labels.colors, sorted(seen), grid.shape[1])], axis=0)
