@@ -180,9 +180,9 @@ def test_one_wandb_run_per_sweep_job_and_resume_continues_it(tmp_path):
     for job, run_id, optimizer in zip(jobs, ids, ("Adam", "SGD"), strict=True):
         (offline,) = (job / "wandb").glob(f"offline-run-*-{run_id}")
         log = (offline / f"run-{run_id}.wandb").read_bytes()  # the offline run: config, history, artifacts
-        assert f'"name":"torch.optim.{optimizer}"'.encode() in log, job  # its own config
+        assert f'"_target_":"torch.optim.{optimizer}"'.encode() in log, job  # its own config
         other = "SGD" if optimizer == "Adam" else "Adam"
-        assert f'"name":"torch.optim.{other}"'.encode() not in log, job  # and not the other job's
+        assert f'"_target_":"torch.optim.{other}"'.encode() not in log, job  # and not the other job's
         assert b"model-" + run_id.encode() in log  # log_model: the checkpoints as an artifact of this run
         assert b'"original_filename":"last.ckpt"' in log and b'"original_filename":"epoch_000' in log
 
