@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 
 def build_loss(loss_cfg: Any, datamodule: SegmentationDataModule) -> nn.Module:
     """The ``loss`` config as a module for the data: ``ignore_index`` from its label table, and
-    ``class_weights: enet | median_freq`` (on the loss, or on a term of a weighted sum under ``losses:``) replaced
-    by the weights counted over its train split (cached, see ``segkit.data.class_weights``). The run's config keeps
+    ``class_weights: enet | median_freq`` or ``{method: enet, c: 1.1}`` (on the loss, or on a term of a weighted sum
+    under ``losses:``) replaced by the weights counted over its train split (cached, see ``segkit.data.class_weights``). The run's config keeps
     the name; only the copy instantiated here holds the numbers."""
     import hydra
     from omegaconf import DictConfig, ListConfig
@@ -32,12 +32,22 @@ def build_loss(loss_cfg: Any, datamodule: SegmentationDataModule) -> nn.Module:
     )
     for key, node in [("loss", loss_cfg), *((f"loss.losses.{key}", term) for key, term in named)]:
         name = node.get("class_weights") if isinstance(node, DictConfig) else None
+        params: dict[str, Any] = {}
+        if isinstance(name, DictConfig):
+            params = {k: v for k, v in name.items() if k != "method"}
+            if set(params) - {"c"}:
+                raise SegkitError(
+                    f"{key}.class_weights has keys {sorted(params)}; a mapping takes method (and c for enet)"
+                )
+            name = name.get("method")
+            if not isinstance(name, str):
+                raise SegkitError(f"{key}.class_weights needs a method ({list(METHODS)})")
         if isinstance(name, str):
             if name not in METHODS:
                 raise SegkitError(
                     f"{key}.class_weights={name!r}; use one of {list(METHODS)}, a list of floats, or null"
                 )
-            node.class_weights = class_weights(datamodule, name)
+            node.class_weights = class_weights(datamodule, name, **params)
     return hydra.utils.instantiate(loss_cfg, ignore_index=datamodule.ignore_index)
 
 

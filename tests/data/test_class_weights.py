@@ -104,3 +104,25 @@ def test_named_weights_resolve_inside_a_weighted_sum(tiny_cfg, tmp_path, monkeyp
     assert ce.weight.tolist() == pytest.approx(expected.tolist(), rel=1e-6)
     with pytest.raises(SegkitError, match=r"^loss.losses.ce.class_weights='inverse'; use one of \['enet'"):
         build_module(tiny_cfg("loss=ce_dice", "loss.losses.ce.class_weights=inverse"), dm)
+
+
+def test_enet_constant_from_a_mapping(tiny_cfg, tmp_path, monkeypatch):
+    """`class_weights: {method: enet, c: 1.1}` flattens the ENet weights; bad mappings fail naming the key."""
+    from segkit.tasks.train import build_datamodule, build_module
+
+    monkeypatch.setenv("SEGKIT_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = tiny_cfg(
+        "loss=ce_dice",
+        "loss.losses.ce.class_weights={method: enet, c: 1.1}",
+        "data.dataset.num_samples={train: 4, val: 2, test: 2}",
+    )
+    dm = build_datamodule(cfg)
+    counts = cw.count_pixels(dm.raw_dataset("train"), dm.num_classes)
+    ce = next(t for t in build_module(cfg, dm).loss_fn.modules() if type(t).__name__ == "CrossEntropyLoss")
+    assert ce.weight.tolist() == pytest.approx(cw.enet_weights(counts, 1.1).tolist(), rel=1e-6)
+    flat, sharp = cw.enet_weights(counts, 1.1), cw.enet_weights(counts)
+    assert flat.max() / flat.min() < sharp.max() / sharp.min()
+    with pytest.raises(SegkitError, match=r"^loss.losses.ce.class_weights has keys \['power'\]"):
+        build_module(tiny_cfg("loss=ce_dice", "loss.losses.ce.class_weights={method: enet, power: 2}"), dm)
+    with pytest.raises(SegkitError, match=r"c=1.0; ENet weights need c > 1"):
+        build_module(tiny_cfg("loss=ce_dice", "loss.losses.ce.class_weights={method: enet, c: 1.0}"), dm)
