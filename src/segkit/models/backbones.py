@@ -1,4 +1,4 @@
-"""torchvision backbones with ImageNet weights from torchvision's weights API or a local file.
+"""One backbone contract: ``build_backbone`` cuts a torchvision classifier into stages for any net.
 
 ``pretrained=True`` downloads through torchvision (cached under ``$TORCH_HOME/hub/checkpoints``);
 ``weights_path`` loads a locally saved state dict of the same torchvision model instead.
@@ -7,11 +7,13 @@
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
+from torchvision.models._utils import IntermediateLayerGetter
 
 from segkit import SegkitError
 
@@ -115,67 +117,6 @@ def adapt_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     return new
 
 
-RESNET_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-
-
-class ResNetBackbone(nn.Module):
-    """torchvision ResNet as a feature extractor: returns ``[c1, c2, c3, c4]`` (layer1..layer4).
-
-    ``output_stride`` 32, 16 or 8 replaces the strides of layer4 (16) or layer3+layer4 (8) by dilation,
-    as in DeepLab/PSPNet. ``channels`` lists the widths of the four outputs; ``strides`` their strides.
-    """
-
-    def __init__(
-        self,
-        arch: str = "resnet50",
-        in_channels: int = 3,
-        output_stride: int = 32,
-        pretrained: bool = False,
-        weights_path: str | None = None,
-    ) -> None:
-        super().__init__()
-        if arch not in RESNET_ARCHS:
-            raise SegkitError(f"backbone '{arch}' is not a ResNet; choose one of {RESNET_ARCHS}")
-        dilate = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}.get(output_stride)
-        if dilate is None:
-            raise SegkitError(f"model.output_stride={output_stride}; choose 32, 16 or 8")
-        if arch in ("resnet18", "resnet34") and output_stride != 32:
-            # BasicBlock has no dilation support in torchvision; dilate its convolutions by hand.
-            net = torchvision_model(arch, pretrained=pretrained, weights_path=weights_path)
-            _dilate_basic_layers(net, dilate)
-        else:
-            net = torchvision_model(
-                arch, pretrained=pretrained, weights_path=weights_path, replace_stride_with_dilation=dilate
-            )
-        self.stem = nn.Sequential(adapt_first_conv(net.conv1, in_channels), net.bn1, net.relu, net.maxpool)
-        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
-        expansion = 4 if arch in ("resnet50", "resnet101", "resnet152") else 1
-        self.channels = [64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion]
-        self.strides = [4, 8, min(16, output_stride), output_stride]
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        c1 = self.layer1(self.stem(x))
-        c2 = self.layer2(c1)
-        c3 = self.layer3(c2)
-        c4 = self.layer4(c3)
-        return [c1, c2, c3, c4]
-
-
-def _dilate_basic_layers(net: nn.Module, dilate: list[bool]) -> None:
-    dilation = 1
-    for layer, flag in zip((net.layer2, net.layer3, net.layer4), dilate):
-        if not flag:
-            continue
-        dilation *= 2
-        for block in layer:
-            if block.downsample is not None:
-                block.downsample[0].stride = (1, 1)
-            for conv in (block.conv1, block.conv2):
-                conv.stride = (1, 1)
-                conv.dilation = (dilation, dilation)
-                conv.padding = (dilation, dilation)
-
-
 def replace_first_conv(model: nn.Module, in_channels: int) -> nn.Module:
     """Swap the first ``nn.Conv2d`` found in ``model`` (in module order) for one taking ``in_channels``;
     for wrapped models whose stem has no fixed attribute name (torchvision's segmentation models)."""
@@ -188,55 +129,128 @@ def replace_first_conv(model: nn.Module, in_channels: int) -> nn.Module:
     raise SegkitError(f"{type(model).__name__} has no Conv2d to adapt to in_channels={in_channels}")
 
 
+RESNET_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 DENSENET_ARCHS = ("densenet121", "densenet161", "densenet169", "densenet201")
+VGG_ARCHS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
+MOBILENET_ARCHS = ("mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
 
 
-class DenseNetBackbone(nn.Module):
-    """torchvision DenseNet as a feature extractor: ``[c1, c2, c3, c4]`` at strides 4, 8, 16, 32.
+class Backbone(IntermediateLayerGetter):
+    """A torchvision classifier cut into named stages; ``forward`` returns the output of each returned stage.
 
-    c1..c3 are the outputs of dense blocks 1..3 (before the transition that halves channels and
-    resolution), c4 is the final block after its BatchNorm and ReLU, as the classifier sees it.
+    Built on torchvision's ``IntermediateLayerGetter`` so the stages keep the names they are registered under
+    (``stem``, ``layer1`` ... for ResNets): checkpoints of nets built on the former per-family backbone classes
+    keep their keys. ``channels`` and ``strides`` list the width and stride of each returned feature map.
     """
 
     def __init__(
-        self,
-        arch: str = "densenet121",
-        in_channels: int = 3,
-        pretrained: bool = False,
-        weights_path: str | None = None,
+        self, stages: OrderedDict[str, nn.Module], returns: list[str], channels: list[int], strides: list[int]
     ) -> None:
-        super().__init__()
-        if arch not in DENSENET_ARCHS:
-            raise SegkitError(f"backbone '{arch}' is not a DenseNet; choose one of {DENSENET_ARCHS}")
-        f = torchvision_model(arch, pretrained=pretrained, weights_path=weights_path).features
-        self.stem = nn.Sequential(adapt_first_conv(f.conv0, in_channels), f.norm0, f.relu0, f.pool0)
-        self.block1, self.block2, self.block3, self.block4 = f.denseblock1, f.denseblock2, f.denseblock3, f.denseblock4
-        self.transition1, self.transition2, self.transition3 = f.transition1, f.transition2, f.transition3
-        self.norm = nn.Sequential(f.norm5, nn.ReLU(inplace=True))
-        self.channels = [t.norm.num_features for t in (f.transition1, f.transition2, f.transition3)]
-        self.channels.append(f.norm5.num_features)
-        self.strides = [4, 8, 16, 32]
+        super().__init__(nn.Sequential(stages), {name: name for name in returns})
+        self.channels = list(channels)
+        self.strides = list(strides)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        c1 = self.block1(self.stem(x))
-        c2 = self.block2(self.transition1(c1))
-        c3 = self.block3(self.transition2(c2))
-        c4 = self.norm(self.block4(self.transition3(c3)))
-        return [c1, c2, c3, c4]
+        return list(super().forward(x).values())
 
 
-VGG_ARCHS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
+def build_backbone(
+    name: str,
+    in_channels: int = 3,
+    output_stride: int = 32,
+    pretrained: bool = False,
+    weights_path: str | None = None,
+) -> Backbone:
+    """The stages of ``torchvision.models.<name>`` as a ``Backbone``: the one way nets get a pretrained trunk.
+
+    ``pretrained`` loads torchvision's DEFAULT ImageNet weights (cached under ``$TORCH_HOME/hub/checkpoints``),
+    ``weights_path`` a local state dict of the same torchvision model; ``in_channels != 3`` keeps the RGB filters
+    of the first convolution (``adapt_first_conv``). ``output_stride`` below 32 trades strides for dilation where
+    the family allows it. A new family is one builder in ``FAMILIES``.
+    """
+    for archs, builder in FAMILIES:
+        if name in archs:
+            return builder(name, in_channels, output_stride, pretrained, weights_path)
+    known = tuple(a for archs, _ in FAMILIES for a in archs)
+    raise SegkitError(f"model.backbone={name!r}; choose one of {known}")
 
 
-def vgg_features(arch: str, pretrained: bool = False, weights_path: str | None = None) -> nn.Sequential:
-    """The ``features`` of ``torchvision.models.<arch>`` (a VGG) with its weights, without building the
-    120M-parameter classifier that conv-only nets would drop anyway (seconds and ~0.5 GB saved per build)."""
-    if arch not in VGG_ARCHS:
-        raise SegkitError(f"backbone '{arch}' is not a VGG; choose one of {VGG_ARCHS}")
+def _check_stride(name: str, output_stride: int, allowed: tuple[int, ...]) -> None:
+    if output_stride not in allowed:
+        raise SegkitError(f"model.output_stride={output_stride}: the {name} backbone supports {allowed}")
+
+
+def _resnet(name: str, in_channels: int, output_stride: int, pretrained: bool, weights_path: str | None) -> Backbone:
+    """Stages ``stem, layer1..layer4`` (strides 4, 8, 16, 32 undilated); output stride 16 dilates layer4, 8
+    layer3 and layer4, as in DeepLab/PSPNet. Bottleneck ResNets are dilated by torchvision itself
+    (``replace_stride_with_dilation``); torchvision's BasicBlock refuses dilation, so ResNet-18/34 follow the same
+    rule by hand (``dilate_basic_layers``)."""
+    _check_stride(name, output_stride, (32, 16, 8))
+    dilate = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}[output_stride]
+    if name in ("resnet18", "resnet34"):
+        net = torchvision_model(name, pretrained=pretrained, weights_path=weights_path)
+        dilate_basic_layers(net, dilate)
+    else:
+        net = torchvision_model(
+            name, pretrained=pretrained, weights_path=weights_path, replace_stride_with_dilation=dilate
+        )
+    stem = nn.Sequential(adapt_first_conv(net.conv1, in_channels), net.bn1, net.relu, net.maxpool)
+    layers = [net.layer1, net.layer2, net.layer3, net.layer4]
+    stages = OrderedDict(stem=stem, **{f"layer{i}": layer for i, layer in enumerate(layers, 1)})
+    expansion = layers[0][0].expansion  # 1 for BasicBlock, 4 for Bottleneck
+    channels = [64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion]
+    strides = [4, 8, min(16, output_stride), output_stride]
+    return Backbone(stages, ["layer1", "layer2", "layer3", "layer4"], channels, strides)
+
+
+def dilate_basic_layers(net: nn.Module, dilate: list[bool]) -> None:
+    """Replace the strides of ResNet-18/34's layer2..layer4 (where ``dilate``) by dilation, with torchvision's
+    Bottleneck rule: the block that had the stride keeps the *previous* dilation in its (formerly strided) first
+    conv, and every conv after it gets the new one, so the dilated net computes the undilated net's features on a
+    denser grid."""
+    dilation = 1
+    for layer, flag in zip((net.layer2, net.layer3, net.layer4), dilate, strict=True):
+        if not flag:
+            continue
+        previous, dilation = dilation, dilation * 2
+        for i, block in enumerate(layer):
+            if block.downsample is not None:
+                block.downsample[0].stride = (1, 1)
+            block.conv1.stride = (1, 1)
+            for conv, rate in ((block.conv1, previous if i == 0 else dilation), (block.conv2, dilation)):
+                conv.dilation = (rate, rate)
+                conv.padding = (rate, rate)
+
+
+def _densenet(name: str, in_channels: int, output_stride: int, pretrained: bool, weights_path: str | None) -> Backbone:
+    """Dense blocks 1..3 (before the transition that halves channels and resolution) and block 4 after its
+    BatchNorm and ReLU, as the classifier sees it: strides 4, 8, 16, 32."""
+    _check_stride(name, output_stride, (32,))
+    f = torchvision_model(name, pretrained=pretrained, weights_path=weights_path).features
+    stages = OrderedDict(
+        stem=nn.Sequential(adapt_first_conv(f.conv0, in_channels), f.norm0, f.relu0, f.pool0),
+        block1=f.denseblock1,
+        transition1=f.transition1,
+        block2=f.denseblock2,
+        transition2=f.transition2,
+        block3=f.denseblock3,
+        transition3=f.transition3,
+        block4=f.denseblock4,
+        norm=nn.Sequential(f.norm5, nn.ReLU(inplace=True)),
+    )
+    channels = [t.norm.num_features for t in (f.transition1, f.transition2, f.transition3)] + [f.norm5.num_features]
+    return Backbone(stages, ["block1", "block2", "block3", "norm"], channels, [4, 8, 16, 32])
+
+
+def _vgg(name: str, in_channels: int, output_stride: int, pretrained: bool, weights_path: str | None) -> Backbone:
+    """torchvision's VGG ``features`` under their own indices, returning the five max-pool outputs (strides
+    2..32, what FCN's skips need). Built without the 120M-parameter classifier that conv-only nets would drop
+    anyway (seconds and ~0.5 GB saved per build); FCN gets fc6/fc7 from ``vgg_fully_connected``."""
+    _check_stride(name, output_stride, (32,))
     from torchvision.models import vgg as tv_vgg
 
-    layout = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}[arch.removesuffix("_bn")]
-    features = tv_vgg.make_layers(tv_vgg.cfgs[layout], batch_norm=arch.endswith("_bn"))
+    layout = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}[name.removesuffix("_bn")]
+    features = tv_vgg.make_layers(tv_vgg.cfgs[layout], batch_norm=name.endswith("_bn"))
     for m in features.modules():  # torchvision VGG's own initialisation
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -244,63 +258,85 @@ def vgg_features(arch: str, pretrained: bool = False, weights_path: str | None =
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
-    if weights_path or pretrained:
-        state = load_state_dict_file(weights_path) if weights_path else download_state_dict(arch)
+    state, source = _vgg_state(name, pretrained, weights_path)
+    if state is not None:
         holder = nn.Module()
         holder.features = features
-        source = f"weights file '{weights_path}'" if weights_path else f"torchvision's {arch} weights"
         load_into(holder, {k: v for k, v in state.items() if not k.startswith("classifier.")}, source)
-    return features
+    features[0] = adapt_first_conv(features[0], in_channels)
+    stages = OrderedDict((str(i), layer) for i, layer in enumerate(features))
+    pools = [str(i) for i, layer in enumerate(features) if isinstance(layer, nn.MaxPool2d)]
+    return Backbone(stages, pools, [64, 128, 256, 512, 512], [2, 4, 8, 16, 32])
 
 
-def vgg_conv_stages(features: nn.Sequential, in_channels: int = 3) -> nn.ModuleList:
-    """The five conv stages of a VGG's ``features``, split at (and without) its max-pools.
+def _vgg_state(name: str, pretrained: bool, weights_path: str | None) -> tuple[dict | None, str]:
+    if weights_path:
+        return load_state_dict_file(weights_path), f"weights file '{weights_path}'"
+    if pretrained:
+        return download_state_dict(name), f"torchvision's {name} weights"
+    return None, ""
 
-    Nets that pool differently (SegNet keeps pooling indices) add their own pools between the stages.
-    """
+
+def vgg_conv_stages(backbone: Backbone) -> nn.ModuleList:
+    """The five conv stages of a VGG backbone, split at (and without) its max-pools, sharing its modules.
+
+    For nets that pool differently (SegNet keeps the pooling indices to unpool with them)."""
     stages, current = [], []
-    for layer in features.children():
+    for layer in backbone.values():
         if isinstance(layer, nn.MaxPool2d):
             stages.append(nn.Sequential(*current))
             current = []
         else:
             current.append(layer)
-    stages[0][0] = adapt_first_conv(stages[0][0], in_channels)
     return nn.ModuleList(stages)
 
 
-class VGGBackbone(nn.Module):
-    """torchvision VGG conv layers as a feature extractor: ``[pool1, ..., pool5]`` at strides 2..32."""
+def vgg_fully_connected(name: str, pretrained: bool = False, weights_path: str | None = None) -> nn.Sequential:
+    """VGG's fc6/fc7 as a 7x7 and a 1x1 convolution (FCN's "convolutionalised" classifier); with weights, the
+    ImageNet classifier's Linear layers reshaped into them. Separate from ``build_backbone`` because only FCN
+    wants these 120M parameters."""
+    fc6, fc7 = nn.Conv2d(512, 4096, 7, padding=3), nn.Conv2d(4096, 4096, 1)
+    for fc in (fc6, fc7):  # torchvision VGG's initialisation of its Linear layers
+        nn.init.normal_(fc.weight, 0, 0.01)
+        nn.init.zeros_(fc.bias)
+    state, source = _vgg_state(name, pretrained, weights_path)
+    if state is not None:
+        try:
+            with torch.no_grad():
+                fc6.weight.copy_(state["classifier.0.weight"].view(4096, 512, 7, 7))
+                fc6.bias.copy_(state["classifier.0.bias"])
+                fc7.weight.copy_(state["classifier.3.weight"].view(4096, 4096, 1, 1))
+                fc7.bias.copy_(state["classifier.3.bias"])
+        except (KeyError, RuntimeError) as err:
+            raise SegkitError(
+                f"{source} has no VGG classifier (classifier.0/classifier.3) for FCN's fc6/fc7 ({err}); save the "
+                f"state dict of the whole torchvision.models.{name}()"
+            ) from None
+    return nn.Sequential(fc6, fc7)
 
-    def __init__(
-        self,
-        arch: str = "vgg16",
-        in_channels: int = 3,
-        pretrained: bool = False,
-        weights_path: str | None = None,
-    ) -> None:
-        super().__init__()
-        self.stages = vgg_conv_stages(vgg_features(arch, pretrained, weights_path), in_channels)
-        self.pool = nn.MaxPool2d(2, 2)
-        self.channels = [64, 128, 256, 512, 512]
-        self.strides = [2, 4, 8, 16, 32]
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        features = []
-        for stage in self.stages:
-            x = self.pool(stage(x))
-            features.append(x)
-        return features
+def _mobilenet(name: str, in_channels: int, output_stride: int, pretrained: bool, weights_path: str | None) -> Backbone:
+    """torchvision MobileNetV2/V3 ``features`` under their own indices, returning the last block at each stride
+    (2, 4, 8, 16, 32 for V2/V3). ``output_stride=16`` asks torchvision for its dilated MobileNetV3 (the
+    DeepLabv3/LR-ASPP trunk), whose last stage then stays at stride 16."""
+    allowed = (32, 16) if name.startswith("mobilenet_v3") else (32,)
+    _check_stride(name, output_stride, allowed)
+    kwargs = {"dilated": True} if output_stride == 16 else {}
+    features = torchvision_model(name, pretrained=pretrained, weights_path=weights_path, **kwargs).features
+    features[0][0] = adapt_first_conv(features[0][0], in_channels)
+    stride, ends, channels, strides = 1, {}, {}, {}
+    for i, block in enumerate(features):
+        convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
+        stride *= max(c.stride[0] for c in convs)
+        ends[stride], channels[stride] = str(i), convs[-1].out_channels
+    strides = sorted(ends)
+    stages = OrderedDict((str(i), block) for i, block in enumerate(features))
+    return Backbone(stages, [ends[s] for s in strides], [channels[s] for s in strides], strides)
 
 
-def build_backbone(
-    arch: str, in_channels: int = 3, output_stride: int = 32, pretrained: bool = False, weights_path: str | None = None
-) -> ResNetBackbone | DenseNetBackbone:
-    """A ResNet or DenseNet backbone by name, for heads that take either (``model.backbone=densenet121``)."""
-    if arch in RESNET_ARCHS:
-        return ResNetBackbone(arch, in_channels, output_stride, pretrained, weights_path)
-    if arch in DENSENET_ARCHS:
-        if output_stride != 32:
-            raise SegkitError(f"model.output_stride={output_stride}: DenseNet backbones support only 32")
-        return DenseNetBackbone(arch, in_channels, pretrained, weights_path)
-    raise SegkitError(f"model.backbone={arch!r}; choose one of {RESNET_ARCHS + DENSENET_ARCHS}")
+FAMILIES = (
+    (RESNET_ARCHS, _resnet),
+    (DENSENET_ARCHS, _densenet),
+    (VGG_ARCHS, _vgg),
+    (MOBILENET_ARCHS, _mobilenet),
+)

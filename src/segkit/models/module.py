@@ -15,6 +15,7 @@ from torch import nn
 from segkit import NonFiniteLossError
 from segkit.inference import at_label_size
 from segkit.metrics import SegmentationMetrics
+from segkit.models.blocks import main_logits
 
 TRAINING_KEYS = ("aux_weights",)
 
@@ -86,13 +87,12 @@ class SegmentationModule(LightningModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Main-head logits only (inference)."""
-        out = self.net(images)
-        return out["out"] if isinstance(out, Mapping) else out
+        return main_logits(self.net(images))
 
     def _loss(self, outputs: torch.Tensor | Mapping[str, torch.Tensor], masks: torch.Tensor):
         if not isinstance(outputs, Mapping):
             return outputs, self.loss_fn(outputs, masks), {}
-        logits = outputs["out"]
+        logits = main_logits(outputs)
         parts = {name: self._aux_loss(outputs[name], masks) for name in self.aux_weights if name in outputs}
         total = self.loss_fn(logits, masks) + sum(self.aux_weights[n] * v for n, v in parts.items())
         return logits, total, parts
@@ -130,7 +130,7 @@ class SegmentationModule(LightningModule):
             batches = [(self.net(image[None]), mask[None]) for image, mask in zip(images, masks, strict=True)]
         total, count = 0.0, 0
         for outputs, target in batches:
-            logits = outputs["out"] if isinstance(outputs, Mapping) else outputs
+            logits = main_logits(outputs)
             if isinstance(target, torch.Tensor) and target.shape[-2:] == logits.shape[-2:]:
                 _, loss, _ = self._loss(outputs, target)
                 pairs = [(logits, target)]

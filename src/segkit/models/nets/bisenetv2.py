@@ -13,23 +13,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segkit.models.nets.common import crop_to, pad_to_multiple
+from segkit.models.blocks import ConvBN, ConvBNReLU, FCNHead, crop_to, pad_to_multiple, resize_to
 
 
 def _conv_bn(
     in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, groups: int = 1, relu: bool = True
 ) -> nn.Sequential:
-    layers: list[nn.Module] = [
-        nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups, bias=False),
-        nn.BatchNorm2d(out_channels),
-    ]
-    if relu:
-        layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
-
-
-def _resize(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    """The paper's conv-BN(-ReLU) unit in one call, ``relu=False`` for the linear projections."""
+    block = ConvBNReLU if relu else ConvBN
+    return block(in_channels, out_channels, kernel_size, stride, groups=groups)
 
 
 class DetailBranch(nn.Module):
@@ -145,19 +137,18 @@ class BilateralGuidedAggregation(nn.Module):
 
     def forward(self, detail: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:
         size = detail.shape[-2:]
-        fine = self.detail_keep(detail) * torch.sigmoid(_resize(self.semantic_up(semantic), size))
+        fine = self.detail_keep(detail) * torch.sigmoid(resize_to(self.semantic_up(semantic), size))
         coarse = self.detail_down(detail) * torch.sigmoid(self.semantic_keep(semantic))
-        return self.fuse(fine + _resize(coarse, size))
+        return self.fuse(fine + resize_to(coarse, size))
 
 
 class SegmentHead(nn.Module):
-    """3x3 conv-BN-ReLU to ``mid_channels``, dropout, 1x1 classifier (the main head and the boosters)."""
+    """The FCN head with ``mid_channels`` (the main head and the boosters), under ``layers`` so BiSeNetV2
+    checkpoints keep their keys."""
 
     def __init__(self, in_channels: int, mid_channels: int, num_classes: int, dropout: float = 0.1) -> None:
         super().__init__()
-        self.layers = nn.Sequential(
-            _conv_bn(in_channels, mid_channels), nn.Dropout(dropout), nn.Conv2d(mid_channels, num_classes, 1)
-        )
+        self.layers = FCNHead(in_channels, num_classes, dropout, inter_channels=mid_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
@@ -196,10 +187,10 @@ class BiSeNetV2(nn.Module):
         padded, size = pad_to_multiple(x, 32)
         full = padded.shape[-2:]
         semantic, stages = self.semantic(padded)
-        out = crop_to(_resize(self.head(self.aggregation(self.detail(padded), semantic)), full), size)
+        out = crop_to(resize_to(self.head(self.aggregation(self.detail(padded), semantic)), full), size)
         if self.boosters is None or not self.training:
             return out
         result = {"out": out}
         for (name, head), feat in zip(self.boosters.items(), stages):
-            result[name] = crop_to(_resize(head(feat), full), size)
+            result[name] = crop_to(resize_to(head(feat), full), size)
         return result

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from segkit import SegkitError
-from segkit.models.backbones import ResNetBackbone
-from segkit.models.nets.blocks import ASPP, ConvBNReLU, FCNHead, SeparableConvBNReLU, resize_to
+from segkit.models.backbones import build_backbone
+from segkit.models.blocks import ASPP, ConvBNReLU, FCNHead, SeparableConvBNReLU, resize_to
 
 
 def aspp_rates(output_stride: int) -> tuple[int, int, int]:
@@ -40,7 +40,7 @@ class DeepLabV3(nn.Module):
     ) -> None:
         super().__init__()
         rates = aspp_rates(output_stride)
-        self.backbone = ResNetBackbone(backbone, in_channels, output_stride, pretrained, weights_path)
+        self.backbone = build_backbone(backbone, in_channels, output_stride, pretrained, weights_path)
         c3, c4 = self.backbone.channels[2:]
         self.head = nn.Sequential(ASPP(c4, rates), ConvBNReLU(256, 256, 3), nn.Conv2d(256, num_classes, 1))
         self.aux_head = FCNHead(c3, num_classes) if aux else None
@@ -77,7 +77,7 @@ class DeepLabV3Plus(nn.Module):
         if decoder_convs < 1:
             raise SegkitError(f"model.decoder_convs={decoder_convs}; the decoder needs at least one 3x3 conv")
         rates = aspp_rates(output_stride)
-        self.backbone = ResNetBackbone(backbone, in_channels, output_stride, pretrained, weights_path)
+        self.backbone = build_backbone(backbone, in_channels, output_stride, pretrained, weights_path)
         c1, c4 = self.backbone.channels[0], self.backbone.channels[3]
         self.aspp = ASPP(c4, rates, dropout=0.1, separable=separable)
         self.low_level = ConvBNReLU(c1, low_level_channels, 1)

@@ -15,11 +15,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from segkit import SegkitError
-from segkit.models.nets.common import bilinear_upsampler, crop_to, pad_to_multiple
+from segkit.models.blocks import ConvBNReLU, bilinear_upsampler, crop_to, pad_to_multiple, resize_to
 
 CHANNELS = (16, 32, 64, 128, 256, 512, 512, 512)
 BLOCKS = (1, 1, 2, 2, 2, 2, 1, 1)
@@ -66,9 +65,7 @@ class DRNC26Backbone(nn.Module):
         if len(channels) != len(CHANNELS):
             raise SegkitError(f"model.channels={list(channels)}: give {len(CHANNELS)} widths, one per DRN level")
         c = list(channels)
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, c[0], 7, padding=3, bias=False), nn.BatchNorm2d(c[0]), nn.ReLU(inplace=True)
-        )
+        self.stem = ConvBNReLU(in_channels, c[0], 7)
         self.levels = nn.Sequential(
             level(c[0], c[0], BLOCKS[0]),
             level(c[0], c[1], BLOCKS[1], stride=2),
@@ -108,8 +105,5 @@ class DRNC26(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, size = pad_to_multiple(x, 8)
         y = self.head(self.backbone(x))
-        if self.upsample is not None:
-            y = self.upsample(y)
-        else:
-            y = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        y = self.upsample(y) if self.upsample is not None else resize_to(y, x.shape[-2:])
         return crop_to(y, size)

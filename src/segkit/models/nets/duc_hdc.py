@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from segkit.models.backbones import ResNetBackbone
-from segkit.models.nets.common import crop_to, pad_to_multiple
+from segkit.models.backbones import build_backbone
+from segkit.models.blocks import crop_to, pad_to_multiple
 
 LAYER3_DILATIONS = (1, 2, 5, 9)
 LAYER4_DILATIONS = (5, 9, 17)
@@ -43,7 +43,7 @@ class DUCHDC(nn.Module):
         weights_path: str | None = None,
     ) -> None:
         super().__init__()
-        self.backbone = ResNetBackbone(backbone, in_channels, OUTPUT_STRIDE, pretrained, weights_path)
+        self.backbone = build_backbone(backbone, in_channels, OUTPUT_STRIDE, pretrained, weights_path)
         apply_hybrid_dilation(self.backbone.layer3, LAYER3_DILATIONS)
         apply_hybrid_dilation(self.backbone.layer4, LAYER4_DILATIONS)
         self.duc = nn.Sequential(

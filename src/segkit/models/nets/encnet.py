@@ -16,15 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segkit.models.backbones import ResNetBackbone
-
-
-def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
+from segkit.models.backbones import build_backbone
+from segkit.models.blocks import ConvBNReLU, FCNHead, resize_to
 
 
 class Encoding(nn.Module):
@@ -53,7 +46,7 @@ class ContextEncoding(nn.Module):
 
     def __init__(self, channels: int, num_codes: int = 32) -> None:
         super().__init__()
-        self.reduce = conv_bn_relu(channels, channels, 1)
+        self.reduce = ConvBNReLU(channels, channels, 1)
         self.encoding = Encoding(channels, num_codes)
         self.norm = nn.Sequential(nn.BatchNorm1d(num_codes), nn.ReLU(inplace=True))
         self.attention = nn.Sequential(nn.Linear(channels, channels), nn.Sigmoid())
@@ -80,7 +73,7 @@ class JointPyramidUpsampling(nn.Module):
 
     def __init__(self, in_channels: list[int], width: int = 512, dilations: tuple[int, ...] = (1, 2, 4, 8)) -> None:
         super().__init__()
-        self.lateral = nn.ModuleList(conv_bn_relu(c, width) for c in in_channels)
+        self.lateral = nn.ModuleList(ConvBNReLU(c, width) for c in in_channels)
         joint = width * len(in_channels)
         self.dilated = nn.ModuleList(
             nn.Sequential(SeparableConv(joint, width, d), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
@@ -91,7 +84,7 @@ class JointPyramidUpsampling(nn.Module):
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         maps = [conv(f) for conv, f in zip(self.lateral, feats, strict=True)]
         size = maps[0].shape[-2:]
-        maps = [maps[0]] + [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]]
+        maps = [maps[0]] + [resize_to(m, size) for m in maps[1:]]
         joint = torch.cat(maps, dim=1)
         return torch.cat([branch(joint) for branch in self.dilated], dim=1)
 
@@ -117,39 +110,27 @@ class EncNet(nn.Module):
         weights_path: str | None = None,
     ) -> None:
         super().__init__()
-        self.backbone = ResNetBackbone(backbone, in_channels, 32 if jpu else 8, pretrained, weights_path)
+        self.backbone = build_backbone(backbone, in_channels, 32 if jpu else 8, pretrained, weights_path)
         channels = self.backbone.channels
         self.jpu = JointPyramidUpsampling(channels[1:], head_channels) if jpu else None
         top = self.jpu.out_channels if jpu else channels[3]
-        self.head = conv_bn_relu(top, head_channels)
+        self.head = ConvBNReLU(top, head_channels)
         self.context = ContextEncoding(head_channels, num_codes)
         self.classifier = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(head_channels, num_classes, 1))
         self.se_head = nn.Linear(head_channels, num_classes) if se else None
-        self.aux_head = (
-            nn.Sequential(
-                conv_bn_relu(channels[2], channels[2] // 4),
-                nn.Dropout2d(dropout),
-                nn.Conv2d(channels[2] // 4, num_classes, 1),
-            )
-            if aux
-            else None
-        )
+        self.aux_head = FCNHead(channels[2], num_classes, dropout, channel_dropout=True) if aux else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
         size = x.shape[-2:]
         feats = self.backbone(x)
         top = self.jpu(feats[1:]) if self.jpu is not None else feats[3]
         attended, encoded = self.context(self.head(top))
-        out = _resize(self.classifier(attended), size)
+        out = resize_to(self.classifier(attended), size)
         if not self.training:
             return out
         outputs = {"out": out}
         if self.aux_head is not None:
-            outputs["aux"] = _resize(self.aux_head(feats[2]), size)
+            outputs["aux"] = resize_to(self.aux_head(feats[2]), size)
         if self.se_head is not None:
             outputs["se"] = self.se_head(encoded)
         return outputs
-
-
-def _resize(x: torch.Tensor, size: torch.Size) -> torch.Tensor:
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segkit import SegkitError
-from segkit.models.nets.common import crop_to, pad_to_multiple
+from segkit.models.blocks import crop_to, pad_to_multiple
 
 STEM_CHANNELS = 16
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from segkit import SegkitError
-from segkit.models.nets.common import crop_to, pad_to_multiple
+from segkit.models.blocks import crop_to, pad_to_multiple
 
 VARIANTS: dict[str, dict] = {
     "56": {"growth_rate": 12, "down_layers": (4, 4, 4, 4, 4), "bottleneck_layers": 4},

@@ -14,16 +14,8 @@ import torch
 from torch import nn
 
 from segkit import SegkitError
-from segkit.models.backbones import (
-    DENSENET_ARCHS,
-    RESNET_ARCHS,
-    VGG_ARCHS,
-    adapt_first_conv,
-    build_backbone,
-    torchvision_model,
-)
-from segkit.models.nets.blocks import ConvBNReLU
-from segkit.models.nets.common import bilinear_upsampler, crop_to, pad_to_multiple
+from segkit.models.backbones import DENSENET_ARCHS, RESNET_ARCHS, VGG_ARCHS, build_backbone, vgg_fully_connected
+from segkit.models.blocks import ConvBNReLU, bilinear_upsampler, crop_to, pad_to_multiple
 
 BACKBONES = VGG_ARCHS + RESNET_ARCHS + DENSENET_ARCHS
 
@@ -32,7 +24,8 @@ class FCN(nn.Module):
     """FCN; ``variant`` is ``32s``, ``16s`` or ``8s``; ``backbone`` a torchvision VGG, ResNet or DenseNet name.
 
     ``weights_path`` is a state dict of that torchvision classifier; ``dropout`` applies after fc6/fc7
-    (VGG) or in the head (ResNet/DenseNet).
+    (VGG) or in the head (ResNet/DenseNet). Every backbone comes from ``build_backbone``; only the ``head``
+    on its stride-32 features depends on the family.
     """
 
     def __init__(
@@ -51,13 +44,20 @@ class FCN(nn.Module):
         if backbone not in BACKBONES:
             raise SegkitError(f"model.backbone={backbone!r}; FCN takes one of {BACKBONES}")
         self.variant = variant
+        self.backbone = build_backbone(backbone, in_channels, 32, pretrained, weights_path)
+        strides, channels = self.backbone.strides, self.backbone.channels
+        self.skips = (strides.index(8), strides.index(16))
+        skip_channels = [channels[i] for i in self.skips]
         if backbone in VGG_ARCHS:
-            top_channels, skip_channels = self._build_vgg(backbone, in_channels, pretrained, weights_path, dropout)
+            fc6, fc7 = vgg_fully_connected(backbone, pretrained, weights_path)
+            top_channels = fc7.out_channels
+            self.head = nn.Sequential(
+                fc6, nn.ReLU(inplace=True), nn.Dropout2d(dropout), fc7, nn.ReLU(inplace=True), nn.Dropout2d(dropout)
+            )
+            self._register_load_state_dict_pre_hook(_rename_vgg_keys(self.backbone))
         else:
-            self.backbone = build_backbone(backbone, in_channels, 32, pretrained, weights_path)
-            c2, c3, c4 = self.backbone.channels[1:]
-            top_channels, skip_channels = c4 // 4, (c2, c3)
-            self.head = nn.Sequential(ConvBNReLU(c4, top_channels, 3), nn.Dropout(dropout))
+            top_channels = channels[-1] // 4
+            self.head = nn.Sequential(ConvBNReLU(channels[-1], top_channels, 3), nn.Dropout(dropout))
         self.score_fr = nn.Conv2d(top_channels, num_classes, 1)
         nn.init.zeros_(self.score_fr.weight)
         nn.init.zeros_(self.score_fr.bias)
@@ -73,41 +73,11 @@ class FCN(nn.Module):
                 self.score_pool3 = _zero_conv(skip_channels[0], num_classes)
                 self.upscore_final = bilinear_upsampler(num_classes, 8)
 
-    def _build_vgg(
-        self, arch: str, in_channels: int, pretrained: bool, weights_path: str | None, dropout: float
-    ) -> tuple[int, tuple[int, int]]:
-        vgg = torchvision_model(arch, pretrained=pretrained, weights_path=weights_path)
-        features = list(vgg.features.children())
-        features[0] = adapt_first_conv(features[0], in_channels)
-        pools = [i for i, m in enumerate(features) if isinstance(m, nn.MaxPool2d)]
-        self.to_pool3 = nn.Sequential(*features[: pools[2] + 1])
-        self.to_pool4 = nn.Sequential(*features[pools[2] + 1 : pools[3] + 1])
-        self.to_pool5 = nn.Sequential(*features[pools[3] + 1 :])
-        fc6 = nn.Conv2d(512, 4096, 7, padding=3)
-        fc7 = nn.Conv2d(4096, 4096, 1)
-        with torch.no_grad():  # the classifier's Linear layers are these convolutions, reshaped
-            fc6.weight.copy_(vgg.classifier[0].weight.view(4096, 512, 7, 7))
-            fc6.bias.copy_(vgg.classifier[0].bias)
-            fc7.weight.copy_(vgg.classifier[3].weight.view(4096, 4096, 1, 1))
-            fc7.bias.copy_(vgg.classifier[3].bias)
-        self.fc = nn.Sequential(
-            fc6, nn.ReLU(inplace=True), nn.Dropout2d(dropout), fc7, nn.ReLU(inplace=True), nn.Dropout2d(dropout)
-        )
-        return 4096, (256, 512)
-
-    def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Stride-8 and stride-16 skip features and the stride-32 features that score_fr classifies."""
-        if hasattr(self, "backbone"):
-            _, c2, c3, c4 = self.backbone(x)
-            return c2, c3, self.head(c4)
-        pool3 = self.to_pool3(x)
-        pool4 = self.to_pool4(pool3)
-        return pool3, pool4, self.fc(self.to_pool5(pool4))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, size = pad_to_multiple(x, 32)
-        pool3, pool4, top = self._features(x)
-        score = self.score_fr(top)
+        features = self.backbone(x)
+        pool3, pool4 = (features[i] for i in self.skips)
+        score = self.score_fr(self.head(features[-1]))
         if self.variant != "32s":
             score = self.upscore2(score) + self.score_pool4(pool4)
             if self.variant == "8s":
@@ -120,3 +90,22 @@ def _zero_conv(cin: int, cout: int) -> nn.Conv2d:
     nn.init.zeros_(conv.weight)
     nn.init.zeros_(conv.bias)
     return conv
+
+
+def _rename_vgg_keys(backbone: nn.Module):
+    """A state-dict pre-hook that reads FCN-VGG checkpoints written before the backbone contract, whose VGG
+    layers sat in ``to_pool3``/``to_pool4``/``to_pool5`` (split after pools 3 and 4) and fc6/fc7 in ``fc``."""
+    names = list(backbone.keys())
+    pools = [i for i, name in enumerate(names) if isinstance(backbone[name], nn.MaxPool2d)]
+    offsets = {"to_pool3": 0, "to_pool4": pools[2] + 1, "to_pool5": pools[3] + 1}
+
+    def hook(state_dict, prefix, *args) -> None:
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            part, _, rest = key[len(prefix) :].partition(".")
+            if part in offsets:
+                index, _, leaf = rest.partition(".")
+                state_dict[f"{prefix}backbone.{names[offsets[part] + int(index)]}.{leaf}"] = state_dict.pop(key)
+            elif part == "fc":
+                state_dict[f"{prefix}head.{rest}"] = state_dict.pop(key)
+
+    return hook

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segkit.models.backbones import ResNetBackbone
-from segkit.models.nets.common import crop_to, pad_to_multiple
+from segkit.models.backbones import build_backbone
+from segkit.models.blocks import crop_to, pad_to_multiple, resize_to
 
 
 class FeaturePyramid(nn.Module):
@@ -81,7 +81,7 @@ class SemanticFPN(nn.Module):
         output_convs: bool = True,
     ) -> None:
         super().__init__()
-        self.backbone = ResNetBackbone(backbone, in_channels, 32, pretrained, weights_path)
+        self.backbone = build_backbone(backbone, in_channels, 32, pretrained, weights_path)
         self.pyramid = FeaturePyramid(self.backbone.channels, pyramid_channels, output_convs)
         self.head = SemanticHead(len(self.backbone.channels), pyramid_channels, head_channels, groups)
         self.classifier = nn.Conv2d(head_channels, num_classes, 1)
@@ -89,5 +89,5 @@ class SemanticFPN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         padded, size = pad_to_multiple(x, 32)
         logits = self.classifier(self.head(self.pyramid(self.backbone(padded))))
-        logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear", align_corners=False)
+        logits = resize_to(logits, padded.shape[-2:])
         return crop_to(logits, size)

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from segkit import SegkitError
-from segkit.models.backbones import ResNetBackbone
-from segkit.models.nets.common import bilinear_upsampler, crop_to, pad_to_multiple
+from segkit.models.backbones import build_backbone
+from segkit.models.blocks import bilinear_upsampler, crop_to, pad_to_multiple
 
 
 class GlobalConv(nn.Module):
@@ -69,7 +69,7 @@ class GCN(nn.Module):
         super().__init__()
         if kernel_size < 3 or kernel_size % 2 == 0:
             raise SegkitError(f"model.kernel_size={kernel_size}; use an odd size >= 3 (the paper uses 7 to 15)")
-        self.backbone = ResNetBackbone(backbone, in_channels, 32, pretrained, weights_path)
+        self.backbone = build_backbone(backbone, in_channels, 32, pretrained, weights_path)
         k = num_classes
         self.gcn = nn.ModuleList(GlobalConv(c, k, kernel_size) for c in self.backbone.channels)
         self.stage_br = nn.ModuleList(BoundaryRefine(k) for _ in self.backbone.channels)

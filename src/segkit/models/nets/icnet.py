@@ -17,20 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segkit.models.backbones import ResNetBackbone
-from segkit.models.nets.common import crop_to, pad_to_multiple
-
-
-def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
-
-
-def _resize(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+from segkit.models.backbones import build_backbone
+from segkit.models.blocks import ConvBN, ConvBNReLU, crop_to, pad_to_multiple, resize_to
 
 
 class SumPyramidPooling(nn.Module):
@@ -44,7 +32,7 @@ class SumPyramidPooling(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = x
         for b in self.bins:
-            out = out + _resize(F.adaptive_avg_pool2d(x, b), x.shape[-2:])
+            out = out + resize_to(F.adaptive_avg_pool2d(x, b), x.shape[-2:])
         return out
 
 
@@ -56,14 +44,12 @@ class CascadeFeatureFusion(nn.Module):
         self, low_channels: int, high_channels: int, out_channels: int, num_classes: int, aux_head: bool
     ) -> None:
         super().__init__()
-        self.low = nn.Sequential(
-            nn.Conv2d(low_channels, out_channels, 3, padding=2, dilation=2, bias=False), nn.BatchNorm2d(out_channels)
-        )
-        self.high = nn.Sequential(nn.Conv2d(high_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
+        self.low = ConvBN(low_channels, out_channels, 3, dilation=2)
+        self.high = ConvBN(high_channels, out_channels, 1)
         self.classifier = nn.Conv2d(low_channels, num_classes, 1) if aux_head else None
 
     def forward(self, low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        low = _resize(low, high.shape[-2:])
+        low = resize_to(low, high.shape[-2:])
         fused = F.relu(self.low(low) + self.high(high))
         aux = self.classifier(low) if self.classifier is not None and self.training else None
         return fused, aux
@@ -84,13 +70,13 @@ class ICNet(nn.Module):
         fusion_channels: int = 128,
     ) -> None:
         super().__init__()
-        self.backbone = ResNetBackbone(backbone, in_channels, 8, pretrained, weights_path)
+        self.backbone = build_backbone(backbone, in_channels, 8, pretrained, weights_path)
         _, c2, _, c4 = self.backbone.channels
         self.sub1 = nn.Sequential(
-            _conv_bn_relu(in_channels, 32, stride=2), _conv_bn_relu(32, 32, stride=2), _conv_bn_relu(32, 64, stride=2)
+            ConvBNReLU(in_channels, 32, stride=2), ConvBNReLU(32, 32, stride=2), ConvBNReLU(32, 64, stride=2)
         )
         self.pyramid = SumPyramidPooling()
-        self.sub4_reduce = _conv_bn_relu(c4, branch_channels, kernel_size=1)
+        self.sub4_reduce = ConvBNReLU(c4, branch_channels, kernel_size=1)
         self.cff24 = CascadeFeatureFusion(branch_channels, c2, fusion_channels, num_classes, aux_heads)
         self.cff12 = CascadeFeatureFusion(fusion_channels, 64, fusion_channels, num_classes, aux_heads)
         self.classifier = nn.Conv2d(fusion_channels, num_classes, 1)
@@ -98,20 +84,20 @@ class ICNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
         padded, size = pad_to_multiple(x, 32)
         h, w = padded.shape[-2:]
-        half = _resize(padded, (h // 2, w // 2))
-        quarter = _resize(padded, (h // 4, w // 4))
+        half = resize_to(padded, (h // 2, w // 2))
+        quarter = resize_to(padded, (h // 4, w // 4))
         bb = self.backbone
         sub2 = bb.layer2(bb.layer1(bb.stem(half)))
         sub4 = self.sub4_reduce(self.pyramid(bb(quarter)[3]))
         sub1 = self.sub1(padded)
         sub24, aux_sub4 = self.cff24(sub4, sub2)
         sub124, aux_sub24 = self.cff12(sub24, sub1)
-        sub124 = _resize(sub124, (h // 4, w // 4))
-        out = crop_to(_resize(self.classifier(sub124), (h, w)), size)
+        sub124 = resize_to(sub124, (h // 4, w // 4))
+        out = crop_to(resize_to(self.classifier(sub124), (h, w)), size)
         if aux_sub4 is None:
             return out
         return {
             "out": out,
-            "aux_sub4": crop_to(_resize(aux_sub4, (h, w)), size),
-            "aux_sub24": crop_to(_resize(aux_sub24, (h, w)), size),
+            "aux_sub4": crop_to(resize_to(aux_sub4, (h, w)), size),
+            "aux_sub24": crop_to(resize_to(aux_sub24, (h, w)), size),
         }

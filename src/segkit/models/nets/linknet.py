@@ -9,9 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from segkit.models.backbones import ResNetBackbone
-from segkit.models.nets.blocks import ConvBNReLU
-from segkit.models.nets.common import crop_to, pad_to_multiple
+from segkit.models.backbones import build_backbone
+from segkit.models.blocks import ConvBNReLU, crop_to, pad_to_multiple
 
 
 def bn_relu(channels: int) -> list[nn.Module]:
@@ -54,9 +53,7 @@ class LinkNet(nn.Module):
         weights_path: str | None = None,
     ) -> None:
         super().__init__()
-        self.encoder = ResNetBackbone(
-            backbone, in_channels, output_stride=32, pretrained=pretrained, weights_path=weights_path
-        )
+        self.encoder = build_backbone(backbone, in_channels, 32, pretrained, weights_path)
         c1, c2, c3, c4 = self.encoder.channels
         self.decoders = nn.ModuleList(
             [

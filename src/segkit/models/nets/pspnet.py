@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from segkit.models.backbones import ResNetBackbone
-from segkit.models.nets.blocks import ConvBNReLU, FCNHead, resize_to
+from segkit.models.backbones import build_backbone
+from segkit.models.blocks import ConvBNReLU, FCNHead, resize_to
 
 
 class PyramidPooling(nn.Module):
@@ -46,12 +46,10 @@ class PSPNet(nn.Module):
         weights_path: str | None = None,
     ) -> None:
         super().__init__()
-        self.backbone = ResNetBackbone(backbone, in_channels, output_stride, pretrained, weights_path)
+        self.backbone = build_backbone(backbone, in_channels, output_stride, pretrained, weights_path)
         c3, c4 = self.backbone.channels[2:]
         self.ppm = PyramidPooling(c4, tuple(bins))
-        self.head = nn.Sequential(
-            ConvBNReLU(self.ppm.out_channels, 512, 3), nn.Dropout(dropout), nn.Conv2d(512, num_classes, 1)
-        )
+        self.head = FCNHead(self.ppm.out_channels, num_classes, dropout, inter_channels=512)
         self.aux_head = FCNHead(c3, num_classes, dropout) if aux else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:

@@ -13,11 +13,10 @@ pool-conv stages (``crp_stages``), as in the released RefineNet code; the CVPR f
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from segkit.models.backbones import ResNetBackbone
-from segkit.models.nets.common import crop_to, pad_to_multiple
+from segkit.models.backbones import build_backbone
+from segkit.models.blocks import crop_to, pad_to_multiple, resize_to
 
 
 def _conv3x3(in_channels: int, out_channels: int, bias: bool = True) -> nn.Conv2d:
@@ -77,7 +76,7 @@ class RefineNetBlock(nn.Module):
             size = paths[0].shape[-2:]
             x = self.fuse[0](paths[0])
             for conv, p in zip(self.fuse[1:], paths[1:]):
-                x = x + F.interpolate(conv(p), size=size, mode="bilinear", align_corners=False)
+                x = x + resize_to(conv(p), size)
         return self.out_rcu(self.crp(x))
 
 
@@ -97,7 +96,7 @@ class RefineNet(nn.Module):
         dropout: float = 0.5,
     ) -> None:
         super().__init__()
-        self.backbone = ResNetBackbone(backbone, in_channels, 32, pretrained, weights_path)
+        self.backbone = build_backbone(backbone, in_channels, 32, pretrained, weights_path)
         c1, c2, c3, c4 = self.backbone.channels
         self.dropout = nn.Dropout2d(dropout)
         # dimension adaptation from the backbone widths to the RefineNet widths
@@ -126,5 +125,5 @@ class RefineNet(nn.Module):
         r = self.refine3(f3, r)
         r = self.refine2(f2, r)
         r = self.refine1(f1, r)
-        logits = F.interpolate(self.head(r), size=padded.shape[-2:], mode="bilinear", align_corners=False)
+        logits = resize_to(self.head(r), padded.shape[-2:])
         return crop_to(logits, size)

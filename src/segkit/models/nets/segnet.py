@@ -13,9 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from segkit import SegkitError
-from segkit.models.backbones import vgg_conv_stages, vgg_features
-from segkit.models.nets.blocks import ConvBNReLU
-from segkit.models.nets.common import crop_to, pad_to_multiple
+from segkit.models.backbones import build_backbone, vgg_conv_stages
+from segkit.models.blocks import ConvBNReLU, crop_to, pad_to_multiple
 
 SEGNET_ENCODERS = ("vgg16_bn", "vgg19_bn", "vgg13_bn", "vgg11_bn")
 
@@ -34,7 +33,7 @@ class SegNet(nn.Module):
         super().__init__()
         if backbone not in SEGNET_ENCODERS:
             raise SegkitError(f"model.backbone={backbone!r}; SegNet takes one of {SEGNET_ENCODERS}")
-        self.encoder = vgg_conv_stages(vgg_features(backbone, pretrained, weights_path), in_channels)
+        self.encoder = vgg_conv_stages(build_backbone(backbone, in_channels, 32, pretrained, weights_path))
         self.decoder = nn.ModuleList(_mirror(stage) for stage in reversed(self.encoder))
         last = self.decoder[-1]
         last[-1] = nn.Conv2d(last[-1][0].in_channels, num_classes, 3, padding=1)

@@ -15,6 +15,7 @@ from torch import nn
 
 from segkit import SegkitError
 from segkit.models.backbones import download_state_dict, load_into, load_state_dict_file, replace_first_conv
+from segkit.models.blocks import main_logits
 
 # The layers whose output width is num_classes, re-initialised when a checkpoint has another class count.
 CLASS_LAYERS = {
@@ -81,5 +82,5 @@ class TorchvisionSegmentation(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
         out = self.model(x)
         if self.training and "aux" in out:
-            return {"out": out["out"], "aux": out["aux"]}
-        return out["out"]
+            return dict(out)
+        return main_logits(out)

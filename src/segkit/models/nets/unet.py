@@ -5,18 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from segkit.models.nets.common import crop_to, pad_to_multiple
+from segkit.models.blocks import ConvBNReLU, crop_to, pad_to_multiple
 
 
 def double_conv(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
+    """Two 3x3 conv-BN-ReLU, flattened into one Sequential so the keys stay ``<block>.0`` ... ``<block>.5``."""
+    return nn.Sequential(*ConvBNReLU(cin, cout, 3), *ConvBNReLU(cout, cout, 3))
 
 
 class UNet(nn.Module):

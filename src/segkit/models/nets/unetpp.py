@@ -13,8 +13,7 @@ import torch
 from torch import nn
 
 from segkit import SegkitError
-from segkit.models.nets.blocks import ConvBNReLU
-from segkit.models.nets.common import crop_to, pad_to_multiple
+from segkit.models.blocks import ConvBNReLU, crop_to, pad_to_multiple
 
 
 def conv_block(cin: int, cout: int) -> nn.Sequential:
