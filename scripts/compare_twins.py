@@ -28,8 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from segkit.models.blocks import main_logits
 
 
 @dataclass(frozen=True)
@@ -112,10 +111,6 @@ def outputs(out) -> list[torch.Tensor]:
     return [v for v in out.values() if v is not None]
 
 
-def main_output(out) -> torch.Tensor:
-    return out if isinstance(out, torch.Tensor) else out["out"]
-
-
 def time_train(net: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
     """Images per second over ``steps`` training steps after one warm-up step."""
     net.train()
@@ -137,7 +132,7 @@ def time_eval(net: nn.Module, x: torch.Tensor, steps: int) -> float:
     for i in range(steps + 1):
         if i == 1:
             start = time.perf_counter()
-        main_output(net(x))
+        main_logits(net(x))
     return steps * x.shape[0] / (time.perf_counter() - start)
 
 

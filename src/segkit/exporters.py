@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segkit import SegkitError
+from segkit.models.blocks import main_logits
 
 log = logging.getLogger("segkit")
 
@@ -32,8 +33,7 @@ class LogitsOnly(nn.Module):
         self.net = net
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        out = self.net(images)
-        return out["out"] if isinstance(out, Mapping) else out
+        return main_logits(self.net(images))
 
 
 @dataclass

@@ -7,11 +7,13 @@ overlapping windows and test-time augmentations average, so modes compose: ``Mul
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from segkit.models.blocks import main_logits
 
 Inference = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
@@ -30,8 +32,7 @@ def resolve_device(device: str | None) -> torch.device:
 
 def net_logits(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """The main-head logits of a net that returns a tensor or a dict with ``out`` (auxiliary heads dropped)."""
-    out = net(images)
-    return out["out"] if isinstance(out, Mapping) else out
+    return main_logits(net(images))
 
 
 def _pair(value: int | Sequence[int]) -> tuple[int, int]:

@@ -1,4 +1,5 @@
-"""Backbones: feature shapes/strides, weights from a local file or torchvision's API, RGB-D first convs."""
+"""The backbone contract: stage shapes, channels and strides per family, dilation as torchvision does it, weights
+from a local file or torchvision's API, and RGB-D first convolutions."""
 
 from __future__ import annotations
 
@@ -8,16 +9,14 @@ import torchvision
 from torch import nn
 
 from segkit import SegkitError
-from segkit.models import backbones
 from segkit.models.backbones import (
-    DenseNetBackbone,
-    ResNetBackbone,
-    VGGBackbone,
+    Backbone,
     adapt_first_conv,
     build_backbone,
     replace_first_conv,
     torchvision_model,
-    vgg_features,
+    vgg_conv_stages,
+    vgg_fully_connected,
 )
 
 
@@ -26,49 +25,107 @@ def feature_shapes(net: nn.Module, size: int = 64, in_channels: int = 3) -> list
         return [tuple(f.shape[1:]) for f in net.eval()(torch.randn(1, in_channels, size, size))]
 
 
-@pytest.mark.parametrize("arch, output_stride", [("resnet18", 32), ("resnet18", 16), ("resnet18", 8), ("resnet50", 8)])
-def test_resnet_strides_and_channels(arch, output_stride):
-    """resnet18/34 are dilated by hand, the bottleneck ResNets by torchvision: both paths."""
-    net = ResNetBackbone(arch, in_channels=4, output_stride=output_stride)
-    shapes = feature_shapes(net, in_channels=4)
+def check_contract(net: Backbone, size: int = 64, in_channels: int = 3) -> None:
+    shapes = feature_shapes(net, size, in_channels)
     assert [s[0] for s in shapes] == net.channels
-    assert [64 // s[1] for s in shapes] == net.strides
-    assert net.strides[-1] == output_stride
-
-
-def test_densenet_features():
-    net = DenseNetBackbone("densenet121", in_channels=4)
-    shapes = feature_shapes(net, in_channels=4)
-    assert [s[0] for s in shapes] == net.channels == [256, 512, 1024, 1024]
-    assert [64 // s[1] for s in shapes] == net.strides == [4, 8, 16, 32]
+    assert [size // s[1] for s in shapes] == net.strides
 
 
 @pytest.mark.parametrize(
-    "arch, channels", [("densenet169", [256, 512, 1280, 1664]), ("densenet201", [256, 512, 1792, 1920])]
+    "name, output_stride",
+    [("resnet18", 32), ("resnet18", 16), ("resnet34", 8), ("resnet50", 8), ("densenet121", 32), ("vgg16_bn", 32)]
+    + [("mobilenet_v2", 32), ("mobilenet_v3_large", 32), ("mobilenet_v3_large", 16), ("mobilenet_v3_small", 32)],
 )
-def test_densenet_channels(arch, channels):
+def test_every_family_gives_stage_features_with_their_channels_and_strides(name, output_stride):
+    net = build_backbone(name, in_channels=4, output_stride=output_stride)
+    check_contract(net, in_channels=4)
+    assert net.strides[-1] == output_stride
+
+
+@pytest.mark.parametrize(
+    "name, channels, strides",
+    [
+        ("resnet18", [64, 128, 256, 512], [4, 8, 16, 32]),
+        ("resnet152", [256, 512, 1024, 2048], [4, 8, 16, 32]),
+        ("densenet121", [256, 512, 1024, 1024], [4, 8, 16, 32]),
+        ("densenet161", [384, 768, 2112, 2208], [4, 8, 16, 32]),
+        ("densenet169", [256, 512, 1280, 1664], [4, 8, 16, 32]),
+        ("densenet201", [256, 512, 1792, 1920], [4, 8, 16, 32]),
+        ("vgg16", [64, 128, 256, 512, 512], [2, 4, 8, 16, 32]),
+        ("mobilenet_v2", [16, 24, 32, 96, 1280], [2, 4, 8, 16, 32]),
+        ("mobilenet_v3_large", [16, 24, 40, 112, 960], [2, 4, 8, 16, 32]),
+    ],
+)
+def test_declared_channels_and_strides(name, channels, strides):
     with torch.device("meta"):
-        assert DenseNetBackbone(arch).channels == channels
+        net = build_backbone(name)
+    assert (net.channels, net.strides) == (channels, strides)
 
 
-@pytest.mark.parametrize("arch", ["vgg16", "vgg16_bn", "vgg19_bn"])
-def test_vgg_features(arch):
-    net = VGGBackbone(arch, in_channels=4)
-    shapes = feature_shapes(net, in_channels=4)
-    assert [s[0] for s in shapes] == net.channels
-    assert [64 // s[1] for s in shapes] == net.strides == [2, 4, 8, 16, 32]
+@pytest.mark.parametrize("name", ["resnet50", "densenet121", "vgg16", "mobilenet_v2"])
+def test_backbone_holds_the_classifier_trunk_only(name):
+    """Parameters: torchvision's classifier minus its fully connected head, plus the 4th input channel."""
     with torch.device("meta"):
-        reference = torchvision.models.get_model(arch, weights=None).features
-    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in reference.parameters()) + 64 * 9
+        net = build_backbone(name, in_channels=4)
+        full = torchvision.models.get_model(name, weights=None)
+    head = full.fc if name.startswith("resnet") else full.classifier
+    first = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
+    extra = first.out_channels * first.kernel_size[0] * first.kernel_size[1]
+    count = sum(p.numel() for p in net.parameters())
+    assert count == sum(p.numel() for p in full.parameters()) - sum(p.numel() for p in head.parameters()) + extra
 
 
-def test_build_backbone_by_name():
-    assert isinstance(build_backbone("resnet34", output_stride=16), ResNetBackbone)
-    assert isinstance(build_backbone("densenet121"), DenseNetBackbone)
-    with pytest.raises(SegkitError, match="DenseNet backbones support only 32"):
-        build_backbone("densenet121", output_stride=8)
-    with pytest.raises(SegkitError, match="model.backbone='vgg16'"):
-        build_backbone("vgg16")
+def test_resnet_keeps_the_stage_names_of_its_checkpoints():
+    keys = build_backbone("resnet18").state_dict().keys()
+    assert {"stem.0.weight", "stem.1.running_mean", "layer1.0.conv1.weight", "layer4.1.bn2.weight"} <= set(keys)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50"])
+def test_dilation_keeps_the_previous_rate_in_the_first_block(name):
+    """torchvision's rule (``previous_dilation`` in Bottleneck layers), for BasicBlock ResNets too: the formerly
+    strided conv keeps the previous rate, every conv after it gets the new one. Then the dilated net computes the
+    undilated net's features exactly, on a grid 2x (layer3) and 4x (layer4) denser."""
+    torch.manual_seed(0)
+    plain = build_backbone(name, output_stride=32).eval()
+    dilated = build_backbone(name, output_stride=8).eval()
+    dilated.load_state_dict(plain.state_dict())
+    if name in ("resnet18", "resnet34"):
+        first3, first4 = dilated.layer3[0], dilated.layer4[0]
+        assert (first3.conv1.dilation, first3.conv2.dilation, dilated.layer3[1].conv1.dilation) == (
+            (1, 1),
+            (2, 2),
+            (2, 2),
+        )
+        assert (first4.conv1.dilation, first4.conv2.dilation, dilated.layer4[1].conv1.dilation) == (
+            (2, 2),
+            (4, 4),
+            (4, 4),
+        )
+    else:  # torchvision's own dilation, the reference the BasicBlock nets follow
+        assert [b.conv2.dilation[0] for b in dilated.layer4] == [2, 4, 4]
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        _, _, c3, c4 = plain(x)
+        _, _, d3, d4 = dilated(x)
+    torch.testing.assert_close(d3[..., ::2, ::2], c3, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(d4[..., ::4, ::4], c4, rtol=1e-4, atol=1e-4)
+
+
+def test_vgg_conv_stages_share_the_backbone_modules():
+    net = build_backbone("vgg11")
+    stages = vgg_conv_stages(net)
+    assert len(stages) == 5 and not any(isinstance(m, nn.MaxPool2d) for m in stages.modules())
+    assert stages[0][0] is net["0"]
+
+
+def test_unsupported_strides_and_names_are_clear_errors():
+    for name in ("densenet121", "vgg16", "mobilenet_v2"):
+        with pytest.raises(SegkitError, match=f"output_stride=8: the {name} backbone supports"):
+            build_backbone(name, output_stride=8)
+    with pytest.raises(SegkitError, match="model.backbone='resnet51'; choose one of"):
+        build_backbone("resnet51")
+    with pytest.raises(SegkitError, match="unknown torchvision model"):
+        torchvision_model("resnet51")
 
 
 def test_adapt_first_conv_keeps_rgb_and_fills_extra_with_mean():
@@ -98,11 +155,18 @@ def resnet18_file(tmp_path_factory):
 
 def test_resnet_weights_path_keeps_rgb_filters(resnet18_file):
     saved = torch.load(resnet18_file, weights_only=True)["state_dict"]
-    net = ResNetBackbone("resnet18", in_channels=4, output_stride=8, weights_path=str(resnet18_file))
+    net = build_backbone("resnet18", in_channels=4, output_stride=8, weights_path=str(resnet18_file))
     first = net.stem[0].weight
     assert torch.equal(first[:, :3], saved["conv1.weight"])
     assert torch.allclose(first[:, 3], saved["conv1.weight"].mean(1))
     assert torch.equal(net.layer4[1].conv2.weight, saved["layer4.1.conv2.weight"])
+
+
+def test_mobilenet_weights_path(tmp_path):
+    state = torchvision.models.mobilenet_v3_large().state_dict()
+    torch.save(state, tmp_path / "mnv3.pth")
+    net = build_backbone("mobilenet_v3_large", output_stride=16, weights_path=str(tmp_path / "mnv3.pth"))
+    assert torch.equal(net["16"][0].weight, state["features.16.0.weight"])
 
 
 def test_densenet_loads_legacy_checkpoint_keys(tmp_path):
@@ -115,44 +179,47 @@ def test_densenet_loads_legacy_checkpoint_keys(tmp_path):
     }
     assert legacy.keys() != state.keys()
     torch.save(legacy, tmp_path / "densenet121.pth")
-    net = DenseNetBackbone("densenet121", weights_path=str(tmp_path / "densenet121.pth"))
+    net = build_backbone("densenet121", weights_path=str(tmp_path / "densenet121.pth"))
     assert torch.equal(net.block2.denselayer3.conv2.weight, state["features.denseblock2.denselayer3.conv2.weight"])
 
 
-def test_vgg_features_load_from_full_classifier_file(tmp_path):
-    """A whole VGG state dict loads; its classifier entries (unused by conv-only nets) are skipped."""
-    state = {f"features.{k}": torch.randn_like(v) for k, v in vgg_features("vgg11").state_dict().items()}
-    state["classifier.0.weight"] = torch.zeros(4, 25088)
+def test_vgg_loads_features_and_fc_from_full_classifier_file(tmp_path):
+    """A whole VGG state dict: the backbone takes ``features.*`` under their own indices, FCN's fc6/fc7 the
+    classifier's first two Linear layers, reshaped."""
+    state = {f"features.{k}": torch.randn_like(v) for k, v in build_backbone("vgg11").state_dict().items()}
+    state["classifier.0.weight"] = torch.randn(4096, 25088)
+    state["classifier.0.bias"] = torch.randn(4096)
+    state["classifier.3.weight"] = torch.randn(4096, 4096)
+    state["classifier.3.bias"] = torch.randn(4096)
     torch.save(state, tmp_path / "vgg11.pth")
-    features = vgg_features("vgg11", weights_path=str(tmp_path / "vgg11.pth"))
-    assert torch.equal(features[3].weight, state["features.3.weight"])
+    net = build_backbone("vgg11", weights_path=str(tmp_path / "vgg11.pth"))
+    assert torch.equal(net["3"].weight, state["features.3.weight"])
+    fc6, fc7 = vgg_fully_connected("vgg11", weights_path=str(tmp_path / "vgg11.pth"))
+    assert torch.equal(fc6.weight.flatten(1), state["classifier.0.weight"])
+    assert torch.equal(fc7.bias, state["classifier.3.bias"])
+    del state["classifier.3.weight"]
+    torch.save(state, tmp_path / "features_only.pth")
+    with pytest.raises(SegkitError, match="has no VGG classifier"):
+        vgg_fully_connected("vgg11", weights_path=str(tmp_path / "features_only.pth"))
 
 
 def test_missing_and_mismatched_files_are_clear_errors(tmp_path, resnet18_file):
     with pytest.raises(SegkitError, match=r"missing\.pth' not found; fix model\.weights_path"):
-        ResNetBackbone("resnet18", weights_path=str(tmp_path / "missing.pth"))
+        build_backbone("resnet18", weights_path=str(tmp_path / "missing.pth"))
     with pytest.raises(SegkitError, match=r"resnet18\.pth' does not fit ResNet"):
-        ResNetBackbone("resnet34", weights_path=str(resnet18_file))
+        build_backbone("resnet34", weights_path=str(resnet18_file))
     (tmp_path / "junk.pth").write_text("not a checkpoint")
     with pytest.raises(SegkitError, match="could not be read"):
-        DenseNetBackbone("densenet121", weights_path=str(tmp_path / "junk.pth"))
+        build_backbone("densenet121", weights_path=str(tmp_path / "junk.pth"))
 
 
-def test_pretrained_without_internet_says_what_to_do(monkeypatch, tmp_path):
+@pytest.mark.parametrize("name", ["resnet18", "densenet121", "vgg11", "mobilenet_v2"])
+def test_pretrained_without_internet_says_what_to_do(monkeypatch, name):
     def offline(*args, **kwargs):
         raise OSError("network unreachable")
 
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
-    with pytest.raises(SegkitError, match=r"could not download resnet18 weights .*model\.weights_path"):
-        torchvision_model("resnet18", pretrained=True)
-    with pytest.raises(SegkitError, match="could not download densenet121"):
-        DenseNetBackbone("densenet121", pretrained=True)
-
-
-def test_unknown_names_are_clear_errors():
-    with pytest.raises(SegkitError, match="unknown torchvision model"):
-        torchvision_model("resnet51")
-    with pytest.raises(SegkitError, match="not a DenseNet"):
-        DenseNetBackbone("resnet50")
-    with pytest.raises(SegkitError, match="not a VGG"):
-        backbones.vgg_features("resnet50")
+    with pytest.raises(SegkitError, match=f"could not download {name} weights") as err:
+        build_backbone(name, pretrained=True)
+    for fix in ("$TORCH_HOME/hub/checkpoints", "model.weights_path=", "model.pretrained=false"):
+        assert fix in str(err.value)

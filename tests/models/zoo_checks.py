@@ -8,9 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def main_output(out: torch.Tensor | Mapping[str, torch.Tensor]) -> torch.Tensor:
-    return out["out"] if isinstance(out, Mapping) else out
+from segkit.models.blocks import main_logits
 
 
 def check_output_shapes(
@@ -27,7 +25,7 @@ def check_output_shapes(
             x = torch.randn(batch, cin, h, w)
             net.train()
             out = net(x)
-            assert main_output(out).shape == (batch, num_classes, h, w), (cin, h, w, main_output(out).shape)
+            assert main_logits(out).shape == (batch, num_classes, h, w), (cin, h, w, main_logits(out).shape)
             if isinstance(out, Mapping):
                 for name, value in out.items():
                     assert value.shape[0] == batch, name
@@ -37,7 +35,7 @@ def check_output_shapes(
             with torch.no_grad():
                 out = net(x)
             assert isinstance(out, torch.Tensor) or "out" in out
-            assert main_output(out).shape == (batch, num_classes, h, w)
+            assert main_logits(out).shape == (batch, num_classes, h, w)
 
 
 def fixed_batch(num_classes: int = 4, size: int = 64, batch: int = 2, in_channels: int = 3, seed: int = 0):
@@ -70,7 +68,7 @@ def check_learns(
     losses = []
     for _ in range(steps):
         out = net(image)
-        loss = F.cross_entropy(main_output(out), mask)
+        loss = F.cross_entropy(main_logits(out), mask)
         losses.append(loss.item())
         total = loss
         if isinstance(out, Mapping):
@@ -82,7 +80,7 @@ def check_learns(
         opt.step()
     net.eval()
     with torch.no_grad():
-        final = F.cross_entropy(main_output(net(image)), mask).item()
+        final = F.cross_entropy(main_logits(net(image)), mask).item()
     net.train()
     end = min(final, losses[-1])
     assert end <= factor * losses[0], f"loss {losses[0]:.3f} -> {end:.3f} in {steps} steps"
