@@ -213,7 +213,7 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", nargs="+", default=DEFAULT_PAIRS, help=f"from: {' '.join(PAIRS)} (or all)")
     parser.add_argument("--threads", type=int, default=2)
@@ -226,7 +226,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=2, help="timed training steps per round")
     parser.add_argument("--eval-steps", type=int, default=3, help="timed eval batches per round")
     parser.add_argument("--json", type=Path, help="also write the rows here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     names = list(PAIRS) if args.pairs == ["all"] else args.pairs
     unknown = [n for n in names if n not in PAIRS]
     if unknown:

@@ -26,6 +26,7 @@ EXPERIMENTS = [
     "camvid_segnet",
     "camvid_enet",
     "camvid_quick",
+    "synthetic_long",
 ]
 SYNTHETIC = [
     "data=synthetic",
@@ -105,6 +106,9 @@ def test_recipes_say_what_the_issue_asks(tmp_path):
     unet = compose_experiment("cityscapes_unet", tmp_path)
     assert unet.loss.class_weights == "enet" and unet.optimizer.lr == 0.01 and unet.trainer.max_epochs == 90
     assert unet.data.train_transform.crop == "resized"
+    default, long = compose_config("train", [], output_dir=tmp_path), compose_experiment("synthetic_long", tmp_path)
+    assert (default.trainer.max_epochs, long.trainer.max_epochs) == (16, 30)  # the 2-minute first run, the long one
+    assert long.data.name == default.data.name == "synthetic" and long.model == default.model
     for name in ("ade20k_pspnet_resnet50", "ade20k_encnet_resnet50"):
         cfg = compose_experiment(name, tmp_path)
         assert cfg.data.labels.name == "ade20k" and 384 <= cfg.data.train_transform.crop_size[0] <= 480

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from segkit import SegkitError
-from segkit.data.labels import LabelTable
+from segkit.data.labels import LabelTable, train_ids_to_source_ids
 from segkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from segkit.safe_config import check_data_config, check_net_config
 
@@ -51,11 +51,7 @@ class LoadedModel:
 
     def to_source_ids(self, train_ids: np.ndarray, fill: int = 0) -> np.ndarray:
         """Train ids -> each class's first source id (predictions back to e.g. Cityscapes labelIds)."""
-        lut = np.full(256, fill, dtype=np.int64)
-        for k, ids in enumerate(self.source_ids):
-            if ids:
-                lut[k] = ids[0]
-        return lut[np.clip(train_ids, 0, 255)]
+        return train_ids_to_source_ids(train_ids, self.source_ids, fill)
 
 
 def find_checkpoint(run_dir: Path) -> Path:

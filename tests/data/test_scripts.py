@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import cv2
+import pytest
 from scripts.browse_dataset import main as browse_main
 from scripts.dataset_stats import main as stats_main
 from scripts.loading_speed import main as speed_main
@@ -41,3 +42,22 @@ def test_loading_speed_reports_images_per_second(capsys):
     assert speed_main(["--pipelines", "camvid", "--images", "4", "--epochs", "1", "--workers", "0"]) == 0
     row = capsys.readouterr().out.splitlines()[-1].split()
     assert row[0] == "camvid" and float(row[-1]) > 0
+
+
+def test_compare_twins_prints_a_ratio_table(capsys):
+    """The torchvision pair needs no optional package: a tiny shape, one round, same parameter counts."""
+    from scripts.compare_twins import main as twins_main
+
+    argv = ["--pairs", "deeplabv3_resnet50", "--height", "32", "--width", "32", "--rounds", "1", "--steps", "1"]
+    assert twins_main(argv + ["--eval-steps", "1", "--train-batch", "2"]) == 0
+    row = capsys.readouterr().out.strip().splitlines()[-1].split("|")
+    assert row[1].strip() == "deeplabv3_resnet50" and row[3].strip() == "42.00 / 42.00"
+    assert float(row[5]) > 0 and float(row[7]) > 0
+
+
+def test_compare_twins_names_an_unknown_pair(capsys):
+    from scripts.compare_twins import main as twins_main
+
+    with pytest.raises(SystemExit):
+        twins_main(["--pairs", "unet"])
+    assert "unknown pair(s) unet; choose from deeplabv3_resnet50" in capsys.readouterr().err

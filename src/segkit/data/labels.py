@@ -27,6 +27,16 @@ log = logging.getLogger("segkit")
 Color = tuple[int, int, int]
 
 
+def train_ids_to_source_ids(train_ids: np.ndarray, source_ids: Sequence[Sequence[int]], fill: int = 0) -> np.ndarray:
+    """Train ids -> each class's first source id (``source_ids[k]``: the dataset ids merged into class k); ``fill``
+    where a class has none."""
+    lut = np.full(256, fill, dtype=np.int64)
+    for k, ids in enumerate(source_ids):
+        if ids:
+            lut[k] = ids[0]
+    return lut[np.clip(train_ids, 0, 255)]
+
+
 @dataclass(frozen=True)
 class LabelTable:
     """Train classes and the mapping from source mask ids (or RGB colours) to train ids.
@@ -206,11 +216,7 @@ class LabelTable:
 
     def to_source_ids(self, train_ids: np.ndarray, fill: int = 0) -> np.ndarray:
         """Train ids -> each class's first source id (e.g. predictions back to Cityscapes labelIds)."""
-        lut = np.full(256, fill, dtype=np.int64)
-        for k, ids in enumerate(self.source_ids):
-            if ids:
-                lut[k] = ids[0]
-        return lut[np.clip(train_ids, 0, 255)]
+        return train_ids_to_source_ids(train_ids, self.source_ids, fill)
 
     def colorize(self, train_ids: np.ndarray) -> np.ndarray:
         """Train ids (H x W) -> RGB uint8 image in the table's colours; ignore pixels are black."""
