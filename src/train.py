@@ -5,12 +5,14 @@ Every config group and key can be overridden on the command line; `--help` lists
 
 from __future__ import annotations
 
+import os
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from segkit.cli import resume_in_place, run_task
+from segkit.cli import refuse_moved_keys, resume_in_place, run_task
+from segkit.cluster import shared_run_dir
 from segkit.tasks.train import train
 
 
@@ -20,5 +22,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    sys.argv = resume_in_place(sys.argv)
+    refuse_moved_keys(sys.argv)
+    sys.argv = shared_run_dir(resume_in_place(sys.argv), os.environ)  # srun/torchrun ranks: one run directory
     main()

@@ -47,11 +47,21 @@ def compose_config(
         cfg = compose(config_name=config_name, overrides=overrides or [], return_hydra_config=return_hydra_config)
     with open_dict(cfg):
         cfg.paths.root_dir = str(ROOT)  # ${hydra:runtime.cwd} exists only inside a Hydra run
+        offline_init(cfg.get("model"))
     if output_dir is not None:
         with open_dict(cfg):
             cfg.paths.output_dir = str(output_dir)
             cfg.paths.log_dir = str(output_dir)
     return cfg
+
+
+def offline_init(model_cfg) -> None:
+    """Backbone configs default to ImageNet weights, which tests cannot download: random init instead (a test that
+    means to load weights sets ``model.weights_path``)."""
+    if isinstance(model_cfg, DictConfig):
+        for key in ("pretrained", "pretrained_backbone"):
+            if model_cfg.get(key) is True:
+                model_cfg[key] = False
 
 
 @pytest.fixture

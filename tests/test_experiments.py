@@ -94,14 +94,14 @@ def test_experiment_composes_and_trains_one_batch(name, tmp_path):
     assert metrics["train/loss"] > 0 and 0.0 <= metrics["val/mIoU"] <= 1.0
 
 
-def test_recipes_say_what_the_issue_asks(tmp_path):
+def test_recipes_hold_their_published_settings(tmp_path):
     for name in EXPERIMENTS:
         compose_experiment(name, tmp_path)
     fcn = compose_experiment("cityscapes_fcn8_vgg", tmp_path)
     assert fcn.data.labels.name == "cityscapes_categories" and fcn.optimizer.lr == 1e-4
     assert list(fcn.data.val_transform.resize) == [512, 1024]
     psp = compose_experiment("voc_pspnet_resnet101", tmp_path)
-    assert psp.model.aux_weights.aux == 0.4 and psp.optimizer._target_ == "torch.optim.SGD"
+    assert psp.aux_weights.aux == 0.4 and "aux_weights" not in psp.model and psp.optimizer._target_ == "torch.optim.SGD"
     assert psp.scheduler._target_ == "segkit.optim.poly_lr"
     unet = compose_experiment("cityscapes_unet", tmp_path)
     assert unet.loss.class_weights == "enet" and unet.optimizer.lr == 0.01 and unet.trainer.max_epochs == 90

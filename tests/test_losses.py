@@ -7,6 +7,7 @@ import math
 import hydra
 import pytest
 import torch
+import torch.nn.functional as F
 
 from segkit import SegkitError
 from segkit.losses import (
@@ -160,3 +161,64 @@ def test_every_loss_config_ignores_and_backpropagates(choice, tmp_path):
 def test_out_of_range_target_is_a_clear_error():
     with pytest.raises(SegkitError, match="outside 0..1"):
         DiceLoss()(LOGITS, torch.tensor([[[1, 2, 0]]]))
+
+
+def test_lovasz_per_image_is_the_mean_of_the_images_one_by_one():
+    """``per_image=True`` as in Berman et al.'s reference: the loss of each image alone, averaged over the images
+    (one with only ignore pixels left out); the batch form pools the pixels first and gives another number."""
+    torch.manual_seed(0)
+    logits = torch.randn(4, 3, 5, 6)
+    target = torch.randint(0, 3, (4, 5, 6))
+    target[0, :2] = IGNORE
+    target[1] = torch.where(target[1] == 2, 0, target[1])  # class 2 absent from image 1: "present" skips it there
+    target[3] = IGNORE
+    for classes in ("present", "all"):
+        per_image = LovaszSoftmaxLoss(classes=classes, per_image=True)(logits, target)
+        one_by_one = [LovaszSoftmaxLoss(classes=classes)(logits[b : b + 1], target[b : b + 1]) for b in range(3)]
+        assert per_image.item() == pytest.approx(torch.stack(one_by_one).mean().item(), rel=1e-6)
+        assert per_image.item() != pytest.approx(LovaszSoftmaxLoss(classes=classes)(logits, target).item(), rel=1e-3)
+    only_ignore = torch.full((2, 5, 6), IGNORE)
+    assert LovaszSoftmaxLoss(per_image=True)(logits[:2], only_ignore).item() == 0.0
+    cfg = compose_config("train", ["loss=lovasz", "loss.per_image=true"])
+    assert hydra.utils.instantiate(cfg.loss, ignore_index=IGNORE).per_image
+
+
+def two_images(p_true: list[list[float]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """B x 2 x 1 x N logits whose softmax gives the true class (1) of every pixel the probabilities listed."""
+    logits, target = zip(*(two_class_pixels(p, [1] * len(p)) for p in p_true), strict=True)
+    return torch.cat(logits), torch.cat(target)
+
+
+def test_ohem_min_kept_per_image():
+    """An easy image beside a hard one: counted over the batch, the hard image's pixels satisfy min_kept and the
+    easy image drops out; counted per image (mmseg's meaning, the default), each keeps its min_kept hardest."""
+    easy, hard = [0.99, 0.98, 0.97, 0.96, 0.95], [0.1, 0.2, 0.3, 0.4, 0.5]
+    logits, target = two_images([easy, hard])
+    per_image = OhemCrossEntropyLoss(thresh=0.7, min_kept=2)
+    assert per_image.per_image
+    kept = [0.96, 0.95, *hard]  # image 0: its 2 hardest; image 1: all 5 below the threshold
+    assert per_image(logits, target).item() == pytest.approx(-sum(map(math.log, kept)) / len(kept), rel=1e-5)
+    per_batch = OhemCrossEntropyLoss(thresh=0.7, min_kept=2, per_image=False)
+    assert per_batch(logits, target).item() == pytest.approx(-sum(map(math.log, hard)) / len(hard), rel=1e-5)
+    assert per_batch.hard_pixels(logits, target).sum((1, 2)).tolist() == [0, 5]
+
+
+def test_ohem_keeps_at_least_min_kept_pixels_of_each_image():
+    """Mostly easy images (3 pixels below thresh in images 0 and 3): per image each keeps its 20 hardest (all 8
+    valid ones of image 1, none of the all-ignore image 2); over the batch only 20 in all."""
+    torch.manual_seed(0)
+    target = torch.randint(0, 3, (4, 8, 8))
+    logits = torch.randn(4, 3, 8, 8) + 4 * F.one_hot(target, 3).permute(0, 3, 1, 2)
+    target[1, :7] = IGNORE
+    target[2] = IGNORE
+    loss = OhemCrossEntropyLoss(ignore_index=IGNORE, thresh=0.7, min_kept=20)
+    kept = loss.hard_pixels(logits, target)
+    assert not kept[target == IGNORE].any()
+    counts = kept.sum((1, 2)).tolist()
+    assert counts[0] >= 20 and counts[1:3] == [8, 0] and counts[3] >= 20
+    assert OhemCrossEntropyLoss(ignore_index=IGNORE, thresh=0.7, min_kept=0).hard_pixels(logits, target).sum() < 20
+    batch_kept = OhemCrossEntropyLoss(ignore_index=IGNORE, thresh=0.7, min_kept=20, per_image=False)
+    counts = batch_kept.hard_pixels(logits, target).sum((1, 2)).tolist()
+    assert sum(counts) >= 20 and min(counts[0], counts[3]) < 20
+    cfg = compose_config("train", ["loss=ohem"])
+    assert hydra.utils.instantiate(cfg.loss, ignore_index=IGNORE).per_image  # the config keeps mmseg's meaning

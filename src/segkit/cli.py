@@ -19,7 +19,7 @@ def run_task(task: Callable[[DictConfig], dict], cfg: DictConfig) -> float | Non
 
     A ``SegkitError`` (bad path, bad key, bad data) is logged as one line and exits with status 1.
     """
-    if cfg.get("extras", {}).get("print_config"):
+    if cfg.get("extras", {}).get("print_config") and _is_rank_zero():  # one copy under srun/torchrun/DDP
         print_config(cfg)
     try:
         metrics = task(cfg)
@@ -52,6 +52,30 @@ def resume_in_place(argv: list[str]) -> list[str]:
         return argv
     run_dir = str(path.parent.parent.resolve()).replace("\\", "\\\\").replace('"', '\\"')
     return [*argv, f'hydra.run.dir="{run_dir}"']  # quoted: sweep job folders hold '=' and ','
+
+
+# Keys that moved: old command-line spelling -> new one. Hydra would only say that the old key is "not in struct".
+MOVED_KEYS = {"model.aux_weights": "aux_weights"}
+
+
+def refuse_moved_keys(argv: list[str]) -> None:
+    """Exit with one line naming the new spelling when an override uses a key that has moved."""
+    for arg in argv[1:]:
+        key, _, value = arg.lstrip("+~").partition("=")
+        for old, new in MOVED_KEYS.items():
+            if key == old or key.startswith(old + "."):
+                moved = new + key[len(old) :]
+                spelling = f"{moved}={value}" if moved == new else f"++{moved}={value}"
+                print(f"error: {key} has moved to {moved}; write {spelling}", file=sys.stderr)
+                raise SystemExit(1)
+
+
+def _is_rank_zero() -> bool:
+    """Rank 0 of a multi-process launch, known from the launcher's environment before any process group exists
+    (Lightning reads RANK, LOCAL_RANK, SLURM_PROCID at import)."""
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 def _in_multirun() -> bool:

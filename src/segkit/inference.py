@@ -10,10 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from segkit.models.blocks import main_logits
+from segkit.models.blocks import main_logits, resize_to
 
 Inference = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
@@ -42,12 +41,6 @@ def _pair(value: int | Sequence[int]) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-
 def at_label_size(
     scores: torch.Tensor, masks: torch.Tensor | Sequence[torch.Tensor]
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -59,8 +52,8 @@ def at_label_size(
     (a batch of mixed original sizes): one pair for the batch, or one per image.
     """
     if isinstance(masks, torch.Tensor):
-        return [(_resize(scores, tuple(masks.shape[-2:])), masks)]
-    return [(_resize(scores[i : i + 1], tuple(m.shape[-2:])), m[None]) for i, m in enumerate(masks)]
+        return [(resize_to(scores, tuple(masks.shape[-2:])), masks)]
+    return [(resize_to(scores[i : i + 1], tuple(m.shape[-2:])), m[None]) for i, m in enumerate(masks)]
 
 
 class WholeImage:
@@ -81,8 +74,8 @@ class Resized:
         self.size = _pair(size)
 
     def __call__(self, net: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        logits = net_logits(net, _resize(images, self.size))
-        return _resize(logits.float(), tuple(images.shape[-2:])).softmax(1)
+        logits = net_logits(net, resize_to(images, self.size))
+        return resize_to(logits.float(), tuple(images.shape[-2:])).softmax(1)
 
     def __repr__(self) -> str:
         return f"Resized(size={self.size})"
@@ -163,11 +156,11 @@ class MultiScale:
         n = 0
         for scale in self.scales:
             size = (max(1, round(h * scale)), max(1, round(w * scale)))
-            scaled = _resize(images, size)
+            scaled = resize_to(images, size)
             for flipped in (False, True) if self.flip else (False,):
                 x = scaled.flip(-1) if flipped else scaled
                 probs = self.base(net, x)
-                probs = _resize(probs.flip(-1) if flipped else probs, (h, w))
+                probs = resize_to(probs.flip(-1) if flipped else probs, (h, w))
                 total = probs if total is None else total + probs
                 n += 1
         assert total is not None

@@ -125,7 +125,13 @@ def build_net(
     cfg, _ = split_model_config(model_cfg)
     target = check_net_config(cfg, source)
     if for_weights:  # no download: the checkpoint's weights replace these
-        cfg.update({k: None if k == "weights_path" else False for k in ("pretrained", "weights_path") if k in cfg})
+        cfg.update(
+            {
+                k: None if k == "weights_path" else False
+                for k in ("pretrained", "pretrained_backbone", "weights_path")
+                if k in cfg
+            }
+        )
         cfg.update({k: None for k in ("weights", "weights_backbone") if k in cfg or target.startswith("torchvision.")})
     options: dict[str, Any] = {"num_classes": num_classes, "in_channels": in_channels}
     if target.startswith("torchvision."):  # torchvision's builders take RGB only and no in_channels

@@ -181,22 +181,32 @@ class DiceLoss(nn.Module):
 
 class LovaszSoftmaxLoss(nn.Module):
     """Lovasz-softmax (Berman et al., 2018): a convex surrogate of the per-class Jaccard loss, so training
-    optimises (a bound on) mIoU directly. Computed over all valid pixels of the batch.
+    optimises (a bound on) mIoU directly.
 
     Args:
         classes: ``present`` averages over classes present in the target, ``all`` over every class.
+        per_image: ``False`` computes one loss over all valid pixels of the batch (a bound on the dataset's IoU);
+            ``True`` computes it for each image and averages the images, as ``per_image=True`` in the authors'
+            reference ``lovasz_softmax`` (a bound on the mean of per-image IoUs, which weighs small images'
+            objects more). Images with no valid pixel are left out of that mean.
     """
 
-    def __init__(self, ignore_index: int = 255, classes: str = "present") -> None:
+    def __init__(self, ignore_index: int = 255, classes: str = "present", per_image: bool = False) -> None:
         super().__init__()
         if classes not in ("present", "all"):
             raise SegkitError(f"loss.classes={classes!r}; choose 'present' or 'all'")
-        self.ignore_index, self.classes = ignore_index, classes
+        self.ignore_index, self.classes, self.per_image = ignore_index, classes, per_image
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        flat, labels = _valid_pixels(logits, target, self.ignore_index, "lovasz")
+        parts = zip(logits.split(1), target.split(1)) if self.per_image else [(logits, target)]
+        losses = [self._flat_loss(*_valid_pixels(lg, tg, self.ignore_index, "lovasz")) for lg, tg in parts]
+        losses = [loss for loss in losses if loss is not None]
+        return torch.stack(losses).mean() if losses else logits.sum() * 0.0
+
+    def _flat_loss(self, flat: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+        """The loss over N pixels (logits N x K, labels N); ``None`` when no class counts (no valid pixel)."""
         if labels.numel() == 0:
-            return logits.sum() * 0.0
+            return None
         probs = F.softmax(flat.float(), dim=1)
         losses = []
         for c in range(probs.shape[1]):
@@ -206,7 +216,7 @@ class LovaszSoftmaxLoss(nn.Module):
             errors = (fg - probs[:, c]).abs()
             errors_sorted, order = torch.sort(errors, descending=True)
             losses.append(torch.dot(errors_sorted, lovasz_grad(fg[order])))
-        return torch.stack(losses).mean() if losses else logits.sum() * 0.0
+        return torch.stack(losses).mean() if losses else None
 
 
 def lovasz_grad(gt_sorted: torch.Tensor) -> torch.Tensor:
@@ -226,7 +236,12 @@ class OhemCrossEntropyLoss(nn.Module):
     Args:
         thresh: keep pixels with ``p_true < thresh``.
         min_kept: if fewer are below it, raise the threshold to the ``min_kept``-th smallest probability
-            (all valid pixels when the batch has fewer).
+            (all valid pixels when there are fewer).
+        per_image: ``True`` (the default) counts ``min_kept`` per image, as mmsegmentation's ``min_kept`` is
+            meant (its configs give a per-image number and scale it by the batch size): each image keeps at least
+            its own ``min_kept`` hardest pixels, so a batch of easy images beside one hard image still trains on
+            all of them. ``False`` counts it over the whole batch, as the HRNet/OCR reference OHEM does.
+        class_weights: per-class weights of the cross-entropy (the mean over kept pixels is not renormalised).
     """
 
     def __init__(
@@ -235,26 +250,41 @@ class OhemCrossEntropyLoss(nn.Module):
         thresh: float = 0.7,
         min_kept: int = 100_000,
         class_weights: Sequence[float] | None = None,
+        per_image: bool = True,
     ) -> None:
         super().__init__()
-        self.ignore_index, self.thresh, self.min_kept = ignore_index, thresh, int(min_kept)
+        self.ignore_index, self.thresh, self.min_kept, self.per_image = ignore_index, thresh, int(min_kept), per_image
         weight = _float_buffer(class_weights)
         self.register_buffer("weight", weight, persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        flat, labels = _valid_pixels(logits, target, self.ignore_index, "ohem")
-        if labels.numel() == 0:
-            return logits.sum() * 0.0
-        pixel_loss = F.cross_entropy(flat, labels, weight=self.weight, reduction="none")
-        with torch.no_grad():
-            prob = F.softmax(flat.float(), dim=1).gather(1, labels[:, None]).squeeze(1)
-            threshold = torch.tensor(self.thresh, dtype=prob.dtype, device=prob.device)
-            if self.min_kept > 0:
-                threshold = torch.maximum(threshold, prob.kthvalue(min(self.min_kept, prob.numel())).values)
-            keep = prob <= threshold if self.min_kept > 0 else prob < threshold
+        keep = self.hard_pixels(logits, target)  # checks the target ids first
         if not keep.any():
             return logits.sum() * 0.0
+        labels = torch.where(keep, target, 0)
+        pixel_loss = F.cross_entropy(logits, labels, weight=self.weight, reduction="none")
         return pixel_loss[keep].mean()
+
+    @torch.no_grad()
+    def hard_pixels(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """B x H x W mask of the pixels the loss averages over."""
+        valid = target != self.ignore_index
+        _check_targets(target[valid], logits.shape[1], "ohem")
+        labels = torch.where(valid, target, 0)
+        prob = F.softmax(logits.float(), dim=1).gather(1, labels.unsqueeze(1)).squeeze(1)
+        keep = torch.zeros_like(valid)
+        for part in range(len(target)) if self.per_image else [slice(None)]:
+            keep[part] = valid[part] & self._hard(prob[part], prob[part][valid[part]])
+        return keep
+
+    def _hard(self, prob: torch.Tensor, valid_prob: torch.Tensor) -> torch.Tensor:
+        """Which of ``prob`` count as hard, the threshold raised so at least ``min_kept`` of ``valid_prob`` do."""
+        if self.min_kept <= 0:
+            return prob < self.thresh
+        if valid_prob.numel() == 0:
+            return torch.zeros_like(prob, dtype=torch.bool)
+        kth = valid_prob.kthvalue(min(self.min_kept, valid_prob.numel())).values
+        return prob <= torch.clamp(kth, min=self.thresh)
 
 
 class WeightedSumLoss(nn.Module):

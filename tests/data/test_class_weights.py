@@ -39,6 +39,31 @@ def test_weights_match_a_hand_computation():
     assert cw.median_freq_weights(counts) == pytest.approx([median / f0, median / f1, 0.0])
 
 
+def test_median_frequency_follows_eigen_and_fergus():
+    """Eigen & Fergus (2015): freq(c) = pixels of c / total labelled pixels of the images where c is present,
+    weight = median(freq) / freq(c) - written out here per class over a tiny label set, ignore pixels excluded."""
+    masks = [
+        np.array([[0, 0, 0], [0, 1, 1]]),  # 6 labelled pixels: classes 0, 1
+        np.array([[2, 2, 255], [255, 255, 255]]),  # 2 labelled pixels: class 2
+        np.array([[0, 3, 3], [3, 3, 3]]),  # 6 labelled pixels: classes 0, 3
+        np.array([[1, 1, 1], [1, 1, 0]]),  # 6 labelled pixels: classes 1, 0
+    ]
+    freq = {}
+    for c in range(5):
+        holding = [m[m != 255] for m in masks if (m == c).any()]
+        if holding:
+            freq[c] = sum(int((m == c).sum()) for m in holding) / sum(m.size for m in holding)
+    # class 0: 4 + 1 + 1 = 6 px over 6 + 6 + 6; class 1: 2 + 5 = 7 over 6 + 6; class 2: 2 over 2; class 3: 5 over 6
+    assert freq == pytest.approx({0: 6 / 18, 1: 7 / 12, 2: 1.0, 3: 5 / 6})
+    median = float(np.median(list(freq.values())))  # (7/12 + 5/6) / 2 over the four present classes
+    expected = [median / freq[c] if c in freq else 0.0 for c in range(5)]  # class 4 is absent: weight 0
+    weights = cw.median_freq_weights(cw.count_pixels(Masks(masks), num_classes=5))
+    assert weights == pytest.approx(expected)
+    # not the split's share: with the 20 labelled pixels as every class's denominator, class 2 would weigh most
+    share = cw.count_pixels(Masks(masks), num_classes=5).share
+    assert np.argmax(weights) == 0 and np.argmax(np.where(share > 0, 1 / np.maximum(share, 1e-9), 0)) == 2
+
+
 def test_counts_are_cached_by_dataset_split_and_table(tmp_path):
     table = load_table({"name": "t", "classes": [{"name": "a"}, {"name": "b"}, {"name": "c"}]})
     first = cw.cached_counts(Masks(MASKS), table, "toy|/x|train", cache_dir=tmp_path)

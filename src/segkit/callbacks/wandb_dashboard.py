@@ -16,6 +16,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from segkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from segkit.inference import at_label_size
 from segkit.metrics import scores_from_confusion
+from segkit.models.blocks import resize_to
 
 MAX_TAG_LENGTH = 64  # W&B's limit
 UNTAGGED_OVERRIDES = ("paths.", "hydra.", "extras.", "callbacks.progress_bar", "trainer.enable_")
@@ -122,7 +123,7 @@ class WandbDashboard(Callback):
         with torch.no_grad():
             for image, mask in zip(images, masks, strict=True):
                 ((scores, _),) = at_label_size(pl_module(image[None]).float(), mask[None])
-                shown = self._to_uint8(_resized(image, tuple(mask.shape[-2:])))
+                shown = self._to_uint8(resize_to(image[None].float(), tuple(mask.shape[-2:]))[0])
                 self._examples.append((shown, mask.cpu().numpy(), scores.argmax(1)[0].cpu().numpy()))
 
     def _to_uint8(self, image: torch.Tensor) -> np.ndarray:
@@ -203,10 +204,3 @@ def _class_colors(trainer: Trainer, num_classes: int) -> list | None:
     labels = getattr(getattr(trainer, "datamodule", None), "labels", None)
     colors = getattr(labels, "colors", None)
     return list(colors) if colors is not None and len(colors) == num_classes else None
-
-
-def _resized(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """A C x H x W image at the size of its (full-resolution) mask, for drawing the two together."""
-    if tuple(image.shape[-2:]) == size:
-        return image
-    return torch.nn.functional.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)[0]

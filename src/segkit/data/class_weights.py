@@ -4,7 +4,8 @@
   as in the paper; a larger ``c`` flattens the weights (``class_weights: {method: enet, c: 1.1}``): on CamVid
   1.02 weighs pole 7.8x building, 1.1 weighs it 2.8x.
 - Median frequency (Eigen & Fergus 2015): ``w_c = median(f) / f_c``, ``f_c`` = class c's pixels over the
-  pixels of the images where c appears. A class absent from the split gets weight 0.
+  labelled pixels of the images where c appears (not over all pixels of the split, so a class that fills the few
+  images it appears in does not count as rare). A class absent from the split gets weight 0.
 
 Ignore pixels count nowhere. Counting reads every train mask once, so the counts are cached on disk,
 keyed by dataset, root, split and label table (``SEGKIT_CACHE_DIR``, default ``~/.cache/segkit``).
@@ -66,6 +67,10 @@ def enet_weights(counts: ClassCounts, c: float = 1.02) -> np.ndarray:
 
 
 def median_freq_weights(counts: ClassCounts) -> np.ndarray:
+    """Eigen & Fergus (2015): ``w_c = median_c(f_c) / f_c`` with ``f_c = pixels of c / labelled pixels of the
+    images that contain c`` - the denominator is ``counts.image_pixels[c]``, not the split's total, as in their
+    definition ("the total number of pixels in images where c is present"); ignore pixels count in neither. The
+    median is taken over the classes present in the split; absent classes get weight 0."""
     present = counts.pixels > 0
     freq = np.zeros(len(counts.pixels), dtype=np.float64)
     freq[present] = counts.pixels[present] / counts.image_pixels[present]

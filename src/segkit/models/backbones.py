@@ -32,8 +32,9 @@ def torchvision_model(arch: str, pretrained: bool = False, weights_path: str | N
     return model
 
 
-def download_state_dict(arch: str) -> dict[str, torch.Tensor]:
-    """The DEFAULT weights of ``torchvision.models.<arch>`` through torchvision's weights API (cached)."""
+def download_state_dict(arch: str, switch: str = "model.pretrained") -> dict[str, torch.Tensor]:
+    """The DEFAULT weights of ``torchvision.models.<arch>`` through torchvision's weights API (cached); ``switch``
+    is the config key that turns the download off, named in the error."""
     weights = torchvision.models.get_model_weights(arch).DEFAULT
     try:
         return weights.get_state_dict(progress=True, check_hash=True)
@@ -41,7 +42,7 @@ def download_state_dict(arch: str) -> dict[str, torch.Tensor]:
         raise SegkitError(
             f"could not download {arch} weights ({weights.url}): {type(err).__name__}: {err}. Without internet, "
             f"copy the file to $TORCH_HOME/hub/checkpoints/ or set model.weights_path=/path/to/state_dict.pth, "
-            f"or train from scratch with model.pretrained=false"
+            f"or train from scratch with {switch}=false"
         ) from err
 
 

@@ -157,9 +157,23 @@ def bilinear_kernel(channels: int, kernel_size: int) -> torch.Tensor:
     return weight
 
 
-def bilinear_upsampler(channels: int, stride: int) -> nn.ConvTranspose2d:
-    """A learnable x``stride`` upsampler initialised to exact bilinear interpolation (output = stride * input)."""
-    up = nn.ConvTranspose2d(channels, channels, 2 * stride, stride=stride, padding=stride // 2, bias=False)
+class EdgePaddedConvTranspose2d(nn.ConvTranspose2d):
+    """A transposed convolution of its input extended by one replicated pixel on each side, cropped back by one
+    stride. On a zero-padded map a bilinear deconvolution fades the outer ``stride / 2`` output pixels of every edge
+    towards zero (they miss a neighbour's contribution); with the edge replicated it equals bilinear interpolation
+    (``align_corners=False``) everywhere. The weights are the same tensor, so state dicts do not change."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sh, sw = self.stride
+        out = super().forward(F.pad(x, (1, 1, 1, 1), mode="replicate"))
+        return out[..., sh:-sh, sw:-sw]
+
+
+def bilinear_upsampler(channels: int, stride: int, replicate_edges: bool = False) -> nn.ConvTranspose2d:
+    """A learnable x``stride`` upsampler initialised to exact bilinear interpolation (output = stride * input);
+    ``replicate_edges`` keeps the border from darkening (``EdgePaddedConvTranspose2d``)."""
+    cls = EdgePaddedConvTranspose2d if replicate_edges else nn.ConvTranspose2d
+    up = cls(channels, channels, 2 * stride, stride=stride, padding=stride // 2, bias=False)
     with torch.no_grad():
         up.weight.copy_(bilinear_kernel(channels, 2 * stride))
     return up

@@ -17,22 +17,19 @@ from segkit.inference import at_label_size
 from segkit.metrics import SegmentationMetrics
 from segkit.models.blocks import main_logits
 
-TRAINING_KEYS = ("aux_weights",)
-
 
 def split_model_config(model_cfg: Mapping) -> tuple[dict[str, Any], dict[str, float] | None]:
-    """A ``conf/model`` config -> (the net's own arguments, ``aux_weights``).
+    """A stored ``model`` config -> (the net's own arguments, the ``aux_weights`` it still carries, or None).
 
-    ``aux_weights`` (output name -> loss weight of an auxiliary head) is a training concern that the model configs
-    carry next to the net's arguments; it goes to this module, never to the net. The one place that separates them,
-    used by training and by the checkpoint loader.
+    Auxiliary loss weights are a training concern: the top-level ``aux_weights`` key overrides them, and without it
+    the module takes the net's published ``default_aux_weights``. Configs written before that move carried them
+    inside ``model``; the checkpoint loader drops them with this, and training refuses them with the new spelling.
     """
     from omegaconf import DictConfig, OmegaConf
 
     cfg = OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig) else dict(model_cfg)
-    training = {key: cfg.pop(key) for key in TRAINING_KEYS if key in cfg}
-    aux_weights = training.get("aux_weights")
-    return cfg, (dict(aux_weights) if aux_weights else None)
+    aux_weights = cfg.pop("aux_weights", None)
+    return cfg, (dict(aux_weights) if aux_weights is not None else None)
 
 
 class SegmentationModule(LightningModule):
@@ -46,8 +43,9 @@ class SegmentationModule(LightningModule):
         scheduler: ``scheduler(optimizer, total_steps=...) -> LRScheduler`` stepped per step (or a Lightning
             scheduler dict with its own interval/monitor), or None.
         num_classes / ignore_index / class_names: from the data module.
-        aux_weights: output name -> loss weight for auxiliary heads, e.g. ``{"aux": 0.4}``; None takes the net's
-            ``default_aux_weights`` attribute where it has one, else no auxiliary loss.
+        aux_weights: output name -> loss weight for auxiliary heads, e.g. ``{"aux": 0.4}``, over the net's
+            ``default_aux_weights`` (the weights its paper trains with): the heads it names take its weights, the
+            others keep the net's (0 leaves a head untrained; the net's own switch, e.g. ``aux=false``, removes it).
         config: the resolved run config, stored in checkpoints and shown to loggers.
         channels_last: keep the net and the input batches in NHWC memory format.
         data_facts: ``SegmentationDataModule.describe()``: label table and input format, stored in checkpoints so a
@@ -74,9 +72,7 @@ class SegmentationModule(LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.class_names = tuple(class_names) if class_names else tuple(str(i) for i in range(num_classes))
-        if aux_weights is None:
-            aux_weights = getattr(net, "default_aux_weights", None)
-        self.aux_weights = dict(aux_weights or {})
+        self.aux_weights = {**(getattr(net, "default_aux_weights", None) or {}), **(aux_weights or {})}
         self.channels_last = channels_last
         self.data_facts = dict(data_facts or {})
         if channels_last:  # NHWC: faster convolutions on tensor cores and with bf16/fp16 autocast
@@ -98,11 +94,12 @@ class SegmentationModule(LightningModule):
         return logits, total, parts
 
     def _aux_loss(self, output: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """Dense auxiliary heads (B x K x H x W) take the main loss; image-level heads (B x K, e.g. EncNet's
-        SE-loss) take BCE against which classes are present in each mask."""
+        """Dense auxiliary heads (B x K x H x W) take the main loss, against the mask at their own resolution
+        (``masks_at_size``) when they predict at a coarser one (ICNet's cascade label guidance); image-level heads
+        (B x K, e.g. EncNet's SE-loss) take BCE against which classes are present in each mask."""
         if output.ndim == 2:
             return F.binary_cross_entropy_with_logits(output, class_presence(masks, output.shape[1]))
-        return self.loss_fn(output, masks)
+        return self.loss_fn(output, masks_at_size(masks, output.shape[-2:]))
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, masks = batch
@@ -250,6 +247,17 @@ def _numpy_state_to_plain(state: tuple) -> tuple:
 def _plain_to_numpy_state(state: tuple) -> tuple:
     name, keys, pos, has_gauss, cached = state
     return name, keys.numpy().astype(np.uint32), pos, has_gauss, cached
+
+
+def masks_at_size(masks: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """B x H x W train ids at ``size`` by nearest neighbour, taking the pixel nearest each cell's centre
+    (``nearest-exact``; plain ``nearest`` takes each cell's top-left pixel): labels are never interpolated, so a
+    coarse output is scored against real labels (ignore pixels stay ignored). The masks themselves when already
+    that size."""
+    if tuple(masks.shape[-2:]) == tuple(size):
+        return masks
+    resized = F.interpolate(masks[:, None].float(), size=tuple(size), mode="nearest-exact")
+    return resized[:, 0].to(masks.dtype)
 
 
 def class_presence(masks: torch.Tensor, num_classes: int) -> torch.Tensor:

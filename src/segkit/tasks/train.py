@@ -55,7 +55,17 @@ def instantiate_datamodule(data_cfg: DictConfig) -> SegmentationDataModule:
 
 def build_module(cfg: DictConfig, datamodule: SegmentationDataModule) -> SegmentationModule:
     """The net gets ``num_classes`` and ``in_channels`` from the data; the rest comes from its groups."""
-    net_cfg, aux_weights = split_model_config(cfg.model)
+    net_cfg, moved = split_model_config(cfg.model)
+    if moved is not None:
+        raise SegkitError(
+            "model.aux_weights has moved to the top-level key aux_weights (e.g. aux_weights={aux:0.4} on the command "
+            "line, or aux_weights: at the top of an experiment file); without it the net's published weights apply"
+        )
+    aux_weights = cfg.get("aux_weights")
+    if aux_weights is not None:
+        aux_weights = OmegaConf.to_container(aux_weights, resolve=True)
+        if not isinstance(aux_weights, dict):
+            raise SegkitError(f"aux_weights={aux_weights!r}; give output name -> weight, e.g. aux_weights={{aux:0.4}}")
     net = hydra.utils.instantiate(net_cfg, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels)
     loss = build_loss(cfg.loss, datamodule)
     scheduler = hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None

@@ -155,7 +155,10 @@ class SegmentHead(nn.Module):
 
 
 class BiSeNetV2(nn.Module):
-    """BiSeNet V2; ``aux_heads`` adds the four booster heads (train mode only)."""
+    """BiSeNet V2; ``aux_heads`` adds the four booster heads (train mode only), each trained with loss weight 1 as
+    in the paper (Sec. 3.4, the booster training strategy)."""
+
+    default_aux_weights = {"aux2": 1.0, "aux3": 1.0, "aux4": 1.0, "aux5": 1.0}
 
     def __init__(
         self,

@@ -26,7 +26,12 @@ def aspp_rates(output_stride: int) -> tuple[int, int, int]:
 
 
 class DeepLabV3(nn.Module):
-    """DeepLabv3: returns ``{"out", "aux"}`` in train mode when ``aux``, the logits otherwise."""
+    """DeepLabv3: returns ``{"out", "aux"}`` in train mode when ``aux``, the logits otherwise.
+
+    The auxiliary FCN head on layer3 is trained with loss weight 0.5, as in torchvision's reference recipe.
+    """
+
+    default_aux_weights = {"aux": 0.5}
 
     def __init__(
         self,

@@ -6,6 +6,10 @@ Semantic Encoding loss head, which predicts the classes present in the image (B 
 with BCE by ``SegmentationModule``), a cheap global signal that small objects otherwise lack. An FCN head
 on layer3 adds the usual auxiliary loss. With ``jpu=True`` the backbone runs at stride 32 and Joint
 Pyramid Upsampling (Wu et al., 2019) rebuilds stride-8 features from layer2-4, much cheaper than dilation.
+
+The conv between the features and the Context Encoding Module is 3x3 on the dilated backbone (EncNet) and 1x1
+after JPU (FastFCN's ``EncHead``: JPU's dilated branches already mix space, the 1x1 only fuses their 4 x 512
+channels); ``head_kernel_size`` overrides either.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segkit import SegkitError
 from segkit.models.backbones import build_backbone
 from segkit.models.blocks import ConvBNReLU, FCNHead, resize_to
 
@@ -90,10 +95,14 @@ class JointPyramidUpsampling(nn.Module):
 
 
 class EncNet(nn.Module):
-    """Dilated ResNet (or ResNet + JPU) -> 3x3 conv -> Context Encoding -> classifier.
+    """Dilated ResNet (or ResNet + JPU) -> 3x3 (after JPU: 1x1) conv -> Context Encoding -> classifier.
 
     Train mode returns ``{"out", "aux", "se"}`` (``aux``/``se`` when enabled); eval mode the ``out`` tensor.
+    ``head_kernel_size``: the kernel of that conv; ``None`` follows the reference (1 with JPU, 3 without).
+    The FCN head on layer3 (``aux``) and the SE-loss (``se``) are trained with loss weight 0.2 each, as in the paper.
     """
+
+    default_aux_weights = {"aux": 0.2, "se": 0.2}
 
     def __init__(
         self,
@@ -108,13 +117,18 @@ class EncNet(nn.Module):
         dropout: float = 0.1,
         pretrained: bool = False,
         weights_path: str | None = None,
+        head_kernel_size: int | None = None,
     ) -> None:
         super().__init__()
+        if head_kernel_size is None:
+            head_kernel_size = 1 if jpu else 3
+        if head_kernel_size < 1 or head_kernel_size % 2 == 0:
+            raise SegkitError(f"model.head_kernel_size={head_kernel_size}; use an odd size (1 or 3) or null")
         self.backbone = build_backbone(backbone, in_channels, 32 if jpu else 8, pretrained, weights_path)
         channels = self.backbone.channels
         self.jpu = JointPyramidUpsampling(channels[1:], head_channels) if jpu else None
         top = self.jpu.out_channels if jpu else channels[3]
-        self.head = ConvBNReLU(top, head_channels)
+        self.head = ConvBNReLU(top, head_channels, head_kernel_size)
         self.context = ContextEncoding(head_channels, num_codes)
         self.classifier = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(head_channels, num_classes, 1))
         self.se_head = nn.Linear(head_channels, num_classes) if se else None

@@ -1,11 +1,17 @@
-"""ICNet (Zhao, Qi, Shen, Shi & Jia, ECCV 2018): real-time segmentation by an image cascade.
+"""ICNet (Zhao, Qi, Shen, Shi & Jia, ECCV 2018): real-time segmentation by an image cascade on one shared trunk.
 
-Only the 1/4-resolution copy of the image goes through the whole dilated ResNet-50 and pyramid pooling
-(features at 1/32 of the input); the 1/2-resolution copy goes through the shallow layers only, sharing
-their weights (1/16); the full-resolution image through three light strided convs (1/8). Cascade feature
-fusion (CFF) units merge them coarse to fine. Cascade label guidance: in train mode each CFF's coarse input
-is also classified (``aux_sub4`` from the 1/4 branch, ``aux_sub24`` from the fused 1/4+1/2 branches), all
-returned at input resolution so the training module weights them (0.4 each in the paper).
+The trunk runs once, on the 1/2-resolution image, up to conv3_1 (the first block of ``layer2``: 1/16 of the input);
+that map is the *sub2* branch, and the same map, bilinearly halved to 1/32, continues through the rest of the trunk
+(conv3_2 onwards, dilated conv4/conv5) and the summed pyramid pooling to become the *sub4* branch. The
+full-resolution image only meets three light strided convs (*sub1*, 1/8). Cascade feature fusion (CFF) units merge
+sub4 into sub2 and the result into sub1; the classifier then scores the fused map upsampled x2 (1/4), and the
+prediction is upsampled x4. The layout follows the authors' released Caffe model (``hszhao/ICNet``,
+``icnet_cityscapes.prototxt``); mmseg splits the trunk after the whole of conv3 instead.
+
+Cascade label guidance: in train mode each CFF also classifies its upsampled coarse input, ``aux_sub4`` at 1/16
+and ``aux_sub24`` at 1/8 of the input, returned at those resolutions so that ``SegmentationModule`` scores them
+against labels downsampled to each branch's own resolution, as the reference training does. ``out`` stays at
+input resolution (the net contract), so the main loss sees the full-resolution labels.
 
 The backbone is the unpruned torchvision ResNet-50 (so ImageNet weights load); the released ICNet halves
 its kernels after training, which this class does not do.
@@ -13,11 +19,14 @@ its kernels after training, which this class does not do.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segkit.models.backbones import build_backbone
+from segkit import SegkitError
+from segkit.models.backbones import RESNET_ARCHS, build_backbone
 from segkit.models.blocks import ConvBN, ConvBNReLU, crop_to, pad_to_multiple, resize_to
 
 
@@ -56,7 +65,15 @@ class CascadeFeatureFusion(nn.Module):
 
 
 class ICNet(nn.Module):
-    """ICNet on a dilated torchvision ResNet (``backbone``, ResNet-50 in the paper)."""
+    """ICNet on a dilated torchvision ResNet (``backbone``, ResNet-50 in the paper).
+
+    ``default_aux_weights`` are the cascade label guidance weights of sub4 and sub24 (the main sub124 output
+    weighs 1.0): 0.16 / 0.4 / 1.0 as ``LAMBDA1..3`` in ``hellochick/ICNet-tensorflow`` (``train.py``), the
+    reproduction trained from the authors' released Caffe model, whose repository ships no training code. mmseg
+    and GluonCV use 0.4 / 0.4 / 1.0 (``aux_weights={aux_sub4: 0.4}`` trains that way).
+    """
+
+    default_aux_weights = {"aux_sub4": 0.16, "aux_sub24": 0.4}
 
     def __init__(
         self,
@@ -70,6 +87,8 @@ class ICNet(nn.Module):
         fusion_channels: int = 128,
     ) -> None:
         super().__init__()
+        if backbone not in RESNET_ARCHS:
+            raise SegkitError(f"model.backbone={backbone!r}; ICNet's cascade splits a ResNet: one of {RESNET_ARCHS}")
         self.backbone = build_backbone(backbone, in_channels, 8, pretrained, weights_path)
         _, c2, _, c4 = self.backbone.channels
         self.sub1 = nn.Sequential(
@@ -81,23 +100,29 @@ class ICNet(nn.Module):
         self.cff12 = CascadeFeatureFusion(fusion_channels, 64, fusion_channels, num_classes, aux_heads)
         self.classifier = nn.Conv2d(fusion_channels, num_classes, 1)
 
+    def branches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(sub1, sub2, sub4) feature maps of a padded input at 1/8, 1/16 and 1/32 of its size; the trunk runs
+        once, on the 1/2-resolution image, and the sub4 branch continues from the sub2 branch's conv3_1."""
+        h, w = x.shape[-2:]
+        bb = self.backbone
+        conv3_1 = bb.layer2[0](bb.layer1(bb.stem(resize_to(x, (h // 2, w // 2)))))
+        deep = resize_to(conv3_1, (h // 32, w // 32))
+        deep = bb.layer4(bb.layer3(bb.layer2[1:](deep)))
+        return self.sub1(x), conv3_1, self.sub4_reduce(self.pyramid(deep))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
         padded, size = pad_to_multiple(x, 32)
         h, w = padded.shape[-2:]
-        half = resize_to(padded, (h // 2, w // 2))
-        quarter = resize_to(padded, (h // 4, w // 4))
-        bb = self.backbone
-        sub2 = bb.layer2(bb.layer1(bb.stem(half)))
-        sub4 = self.sub4_reduce(self.pyramid(bb(quarter)[3]))
-        sub1 = self.sub1(padded)
+        sub1, sub2, sub4 = self.branches(padded)
         sub24, aux_sub4 = self.cff24(sub4, sub2)
         sub124, aux_sub24 = self.cff12(sub24, sub1)
         sub124 = resize_to(sub124, (h // 4, w // 4))
         out = crop_to(resize_to(self.classifier(sub124), (h, w)), size)
         if aux_sub4 is None:
             return out
-        return {
-            "out": out,
-            "aux_sub4": crop_to(resize_to(aux_sub4, (h, w)), size),
-            "aux_sub24": crop_to(resize_to(aux_sub24, (h, w)), size),
-        }
+        return {"out": out, "aux_sub4": _crop_scaled(aux_sub4, size, 16), "aux_sub24": _crop_scaled(aux_sub24, size, 8)}
+
+
+def _crop_scaled(x: torch.Tensor, size: tuple[int, int], stride: int) -> torch.Tensor:
+    """The part of a stride-``stride`` map that covers an input of ``size`` (before padding)."""
+    return crop_to(x, (math.ceil(size[0] / stride), math.ceil(size[1] / stride)))

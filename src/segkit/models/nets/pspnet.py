@@ -31,7 +31,12 @@ class PyramidPooling(nn.Module):
 
 
 class PSPNet(nn.Module):
-    """PSPNet on a torchvision ResNet; returns ``{"out", "aux"}`` in train mode (when ``aux``), the logits in eval."""
+    """PSPNet on a torchvision ResNet; returns ``{"out", "aux"}`` in train mode (when ``aux``), the logits in eval.
+
+    The auxiliary FCN head on layer3 is trained with loss weight 0.4, as in the paper (deep supervision, Sec. 3.3).
+    """
+
+    default_aux_weights = {"aux": 0.4}
 
     def __init__(
         self,

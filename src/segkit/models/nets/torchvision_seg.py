@@ -1,10 +1,10 @@
 """torchvision's own segmentation models behind segkit's net contract, to compare against them in this framework.
 
 torchvision returns an ``OrderedDict`` (``out`` and, with ``aux_loss``, ``aux``); here train mode returns
-that as a plain dict and eval mode the ``out`` tensor. ``pretrained`` loads torchvision's DEFAULT
-segmentation weights (COCO with the 21 VOC classes) and ``weights_path`` a saved state dict of the same
-torchvision model; the class layers are re-initialised when ``num_classes`` differs. Backbone-only
-ImageNet weights (``weights_backbone``) are never fetched, so the default is a fully random init.
+that as a plain dict and eval mode the ``out`` tensor. ``pretrained_backbone`` (the configs' default) starts the
+trunk from torchvision's ImageNet weights, as segkit's own backbone nets do; ``pretrained`` loads torchvision's
+whole DEFAULT segmentation model (COCO with the 21 VOC classes) and ``weights_path`` a saved state dict of the same
+torchvision model; the class layers are re-initialised when ``num_classes`` differs.
 """
 
 from __future__ import annotations
@@ -16,6 +16,16 @@ from torch import nn
 from segkit import SegkitError
 from segkit.models.backbones import download_state_dict, load_into, load_state_dict_file, replace_first_conv
 from segkit.models.blocks import main_logits
+
+# The ImageNet classifier behind each trunk, and where its layers sit in the segmentation model's ``backbone``.
+BACKBONES = {
+    "fcn_resnet50": ("resnet50", ""),
+    "fcn_resnet101": ("resnet101", ""),
+    "deeplabv3_resnet50": ("resnet50", ""),
+    "deeplabv3_resnet101": ("resnet101", ""),
+    "deeplabv3_mobilenet_v3_large": ("mobilenet_v3_large", "features."),
+    "lraspp_mobilenet_v3_large": ("mobilenet_v3_large", "features."),
+}
 
 # The layers whose output width is num_classes, re-initialised when a checkpoint has another class count.
 CLASS_LAYERS = {
@@ -29,7 +39,10 @@ CLASS_LAYERS = {
 
 
 class TorchvisionSegmentation(nn.Module):
-    """``torchvision.models.segmentation.<arch>`` with ``in_channels`` inputs and ``num_classes`` outputs."""
+    """``torchvision.models.segmentation.<arch>`` with ``in_channels`` inputs and ``num_classes`` outputs; the
+    auxiliary head (``aux``) is trained with loss weight 0.5, as in torchvision's reference recipe."""
+
+    default_aux_weights = {"aux": 0.5}
 
     def __init__(
         self,
@@ -39,6 +52,7 @@ class TorchvisionSegmentation(nn.Module):
         aux: bool = False,
         pretrained: bool = False,
         weights_path: str | None = None,
+        pretrained_backbone: bool = False,
     ) -> None:
         super().__init__()
         if arch not in CLASS_LAYERS:
@@ -54,7 +68,20 @@ class TorchvisionSegmentation(nn.Module):
             self._load(load_state_dict_file(weights_path), arch, f"weights file '{weights_path}'")
         elif pretrained:
             self._load(download_state_dict(arch), arch, f"torchvision's {arch} weights")
+        elif pretrained_backbone:
+            self._load_backbone(arch)
         replace_first_conv(self.model.backbone, in_channels)
+
+    def _load_backbone(self, arch: str) -> None:
+        """The trunk from the ImageNet classifier it was cut from; every trunk weight must be found there."""
+        name, prefix = BACKBONES[arch]
+        state = {
+            k[len(prefix) :]: v
+            for k, v in download_state_dict(name, "model.pretrained_backbone").items()
+            if k.startswith(prefix)
+        }
+        own = self.model.backbone.state_dict()
+        load_into(self.model.backbone, {k: v for k, v in state.items() if k in own}, f"torchvision's {name} weights")
 
     def _load(self, state: dict[str, torch.Tensor], arch: str, source: str) -> None:
         """Load all but the class layers whose shape differs, and the aux head when only one side has it."""
