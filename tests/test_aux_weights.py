@@ -12,7 +12,7 @@ from torch import nn
 
 from segkit import SegkitError
 from segkit.losses import CrossEntropyLoss
-from segkit.models.module import SegmentationModule
+from segkit.models.module import SegmentationModule, masks_at_size
 from segkit.tasks.train import build_datamodule, build_module
 
 from .conftest import ROOT
@@ -69,3 +69,26 @@ def test_the_old_spelling_is_refused_with_the_new_one(tiny_cfg):
             [sys.executable, str(ROOT / "src" / "train.py"), arg], capture_output=True, text=True, timeout=120
         )
         assert proc.returncode == 1 and f"write {spelling}" in proc.stderr.strip().splitlines()[-1], proc.stderr
+
+
+def test_unknown_heads_and_non_numbers_are_refused():
+    with pytest.raises(SegkitError, match="aux_weights.aux_sub16: TwoHeads has no auxiliary head 'aux_sub16'"):
+        module({"aux_sub16": 0.4})
+    with pytest.raises(SegkitError, match="give a number"):
+        module({"aux": "high"})
+
+
+def test_coarse_auxiliary_maps_are_scored_against_the_label_at_each_cells_centre():
+    """An input of 65 x 70 pixels, padded to 80 x 80 by a stride-16 net, gives 5 x 5 cells; cell i covers pixels
+    16 i .. 16 i + 15 and takes the label at 16 i + 8; the last row and column (centres 72 > 65, 70) take ignore_index."""
+    mask = torch.arange(65 * 70).reshape(1, 65, 70) % 11
+    coarse = masks_at_size(mask, (5, 5), ignore_index=255)
+    expected = torch.full((1, 5, 5), 255)
+    for i, y in enumerate(range(8, 80, 16)):
+        for j, x in enumerate(range(8, 80, 16)):
+            if y < 65 and x < 70:
+                expected[0, i, j] = mask[0, y, x]
+    assert torch.equal(coarse, expected) and (coarse[0, 4] == 255).all() and (coarse[0, :, 4] == 255).all()
+    assert torch.equal(masks_at_size(mask, (3, 3))[0, 2, 2], torch.tensor(255))  # stride 32: centre 80 > 65
+    with pytest.raises(SegkitError, match="power-of-two stride"):
+        masks_at_size(mask, (6, 5))

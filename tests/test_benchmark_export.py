@@ -157,3 +157,18 @@ def test_entry_points_live_in_src_and_the_old_script_paths_forward(tmp_path):
         for path in (f"src/{script}.py", f"scripts/{script}.py"):
             run = subprocess.run([sys.executable, path, "--help"], cwd=ROOT, capture_output=True, text=True)
             assert run.returncode == 0 and option in run.stdout, (path, run.stderr[-500:])
+
+
+def test_exporting_an_untrained_backbone_net_downloads_nothing(tmp_path, monkeypatch):
+    """``model=<name>`` exports an untrained net: its config's ImageNet default must not be fetched (offline here)."""
+    from segkit.models import backbones
+
+    def offline(*_args, **_kwargs):
+        raise AssertionError("export tried to download weights")
+
+    monkeypatch.setattr(backbones, "download_state_dict", offline)
+    cfg = _cfg("export", tmp_path, "model=linknet_resnet18", "format=torchscript", "height=32", "width=32")
+    with open_dict(cfg):
+        cfg.model.pretrained = True  # the user's default, which the tests' compose turns off
+    metrics = export_from_config(cfg)
+    assert metrics["torchscript/max_abs_diff"] < 1e-4

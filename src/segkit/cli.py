@@ -65,7 +65,10 @@ def refuse_moved_keys(argv: list[str]) -> None:
         for old, new in MOVED_KEYS.items():
             if key == old or key.startswith(old + "."):
                 moved = new + key[len(old) :]
-                spelling = f"{moved}={value}" if moved == new else f"++{moved}={value}"
+                if arg.startswith("~"):
+                    spelling = f"~{moved} (or leave it out)"
+                else:
+                    spelling = f"{moved}={value}" if moved == new else f"++{moved}={value}"
                 print(f"error: {key} has moved to {moved}; write {spelling}", file=sys.stderr)
                 raise SystemExit(1)
 

@@ -70,7 +70,7 @@ def launch_name(environ: Mapping[str, str]) -> str:
         suffix = f".{_safe(step)}" if step.isdigit() and int(step) > 0 else ""
         return f"slurm-{_safe(environ['SLURM_JOB_ID'])}{suffix}"
     raise SystemExit(
-        "error: torchrun over several nodes has no run id, so each rank would make its own run directory; "
+        "error: this torchrun launch has no run id (--rdzv-id), so each rank would make its own run directory; "
         "add --rdzv-id=<an id unique to this run> to the torchrun line (or hydra.run.dir=<one folder for all ranks>)"
     )
 

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from segkit.models.blocks import main_logits
-from segkit.models.module import masks_at_size
+from segkit.models.module import aux_stride, masks_at_size
 from tests.conftest import CONF_DIR, compose_config
 
 MODEL_CONFIGS = sorted(path.stem for path in (CONF_DIR / "model").glob("*.yaml"))
@@ -22,10 +22,8 @@ MODEL_CONFIGS = sorted(path.stem for path in (CONF_DIR / "model").glob("*.yaml")
 
 def model_config(name: str) -> dict[str, Any]:
     """``conf/model/<name>.yaml`` composed as a run composes it (``defaults:`` resolved), with every download
-    switched off (``pretrained*: false``) so tests run offline on a random init, and without ``aux_weights``,
-    which is the training module's and not an argument of the net."""
+    switched off (``pretrained*: false``) so tests run offline on a random init."""
     cfg = OmegaConf.to_container(compose_config("train", [f"model={name}"]).model, resolve=True)
-    cfg.pop("aux_weights", None)
     return {key: (False if key.startswith("pretrained") else value) for key, value in cfg.items()}
 
 
@@ -48,7 +46,7 @@ def check_output_shapes(
     batch: int = 2,
 ) -> None:
     """B x K x H x W out for the given (odd and even) sizes and input channels, in train mode (``out``; auxiliary
-    maps are B x K at any resolution, e.g. ICNet's label guidance at 1/16 and 1/8, and per-image outputs such as
+    maps are B x K at the input size or ceil(size / 2**k), e.g. ICNet's label guidance at 1/16 and 1/8, and per-image outputs such as
     EncNet's B x K ``se`` keep the batch) and in eval mode (one tensor)."""
     for cin in in_channels:
         net = make_net(num_classes=num_classes, in_channels=cin)
@@ -62,6 +60,7 @@ def check_output_shapes(
                     assert value.shape[0] == batch, name
                     if value.ndim == 4:
                         assert value.shape[1] == num_classes, (name, value.shape)
+                        assert aux_stride((h, w), value.shape[-2:]) is not None, (name, value.shape)
             net.eval()
             with torch.no_grad():
                 out = net(x)

@@ -21,8 +21,8 @@ RUN_SHRINK = ("data.dataset.height=32", "data.dataset.width=32", "data.batch_siz
 
 @pytest.mark.parametrize("name", MODEL_CONFIGS)
 def test_net_keeps_the_output_contract(name):
-    """RGB-D input (``in_channels=4``) of odd size: ``B x K x H x W`` logits, a dict with ``out`` and full-size
-    auxiliary maps in train mode, one tensor in eval mode."""
+    """RGB-D input (``in_channels=4``) of odd size: ``B x K x H x W`` logits, a dict with ``out`` and auxiliary maps
+    at the input size or a power-of-two fraction of it in train mode, one tensor in eval mode."""
     torch.manual_seed(0)
     check_output_shapes(config_maker(name), sizes=(ODD_SIZE,), in_channels=(4,))
 

@@ -169,11 +169,15 @@ class EdgePaddedConvTranspose2d(nn.ConvTranspose2d):
         return out[..., sh:-sh, sw:-sw]
 
 
-def bilinear_upsampler(channels: int, stride: int, replicate_edges: bool = False) -> nn.ConvTranspose2d:
+def bilinear_upsampler(
+    channels: int, stride: int, replicate_edges: bool = False, padding: int | None = None
+) -> nn.ConvTranspose2d:
     """A learnable x``stride`` upsampler initialised to exact bilinear interpolation (output = stride * input);
-    ``replicate_edges`` keeps the border from darkening (``EdgePaddedConvTranspose2d``)."""
+    ``replicate_edges`` keeps the border from darkening (``EdgePaddedConvTranspose2d``); ``padding`` defaults to
+    ``stride // 2`` (output = stride * input), 0 is Caffe's Deconvolution (the FCN crops its margin itself)."""
     cls = EdgePaddedConvTranspose2d if replicate_edges else nn.ConvTranspose2d
-    up = cls(channels, channels, 2 * stride, stride=stride, padding=stride // 2, bias=False)
+    pad = stride // 2 if padding is None else padding
+    up = cls(channels, channels, 2 * stride, stride=stride, padding=pad, bias=False)
     with torch.no_grad():
         up.weight.copy_(bilinear_kernel(channels, 2 * stride))
     return up

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from pytorch_lightning import LightningModule
 from torch import nn
 
-from segkit import NonFiniteLossError
+from segkit import NonFiniteLossError, SegkitError
 from segkit.inference import at_label_size
 from segkit.metrics import SegmentationMetrics
 from segkit.models.blocks import main_logits
@@ -30,6 +30,21 @@ def split_model_config(model_cfg: Mapping) -> tuple[dict[str, Any], dict[str, fl
     cfg = OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig) else dict(model_cfg)
     aux_weights = cfg.pop("aux_weights", None)
     return cfg, (dict(aux_weights) if aux_weights is not None else None)
+
+
+def merge_aux_weights(net: nn.Module, aux_weights: Mapping[str, float] | None) -> dict[str, float]:
+    """The net's published ``default_aux_weights`` with ``aux_weights`` over them; a name the net has no head for,
+    or a weight that is not a number, is refused in one line (a typo would otherwise train nothing)."""
+    defaults = dict(getattr(net, "default_aux_weights", None) or {})
+    for name, weight in (aux_weights or {}).items():
+        if name not in defaults:
+            heads = ", ".join(defaults) or "none"
+            raise SegkitError(
+                f"aux_weights.{name}: {type(net).__name__} has no auxiliary head '{name}' (its heads: {heads})"
+            )
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise SegkitError(f"aux_weights.{name}={weight!r}; give a number, e.g. aux_weights={{{name}:0.4}}")
+    return {**defaults, **{name: float(weight) for name, weight in (aux_weights or {}).items()}}
 
 
 class SegmentationModule(LightningModule):
@@ -72,7 +87,7 @@ class SegmentationModule(LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.class_names = tuple(class_names) if class_names else tuple(str(i) for i in range(num_classes))
-        self.aux_weights = {**(getattr(net, "default_aux_weights", None) or {}), **(aux_weights or {})}
+        self.aux_weights = merge_aux_weights(net, aux_weights)
         self.channels_last = channels_last
         self.data_facts = dict(data_facts or {})
         if channels_last:  # NHWC: faster convolutions on tensor cores and with bf16/fp16 autocast
@@ -99,7 +114,7 @@ class SegmentationModule(LightningModule):
         (B x K, e.g. EncNet's SE-loss) take BCE against which classes are present in each mask."""
         if output.ndim == 2:
             return F.binary_cross_entropy_with_logits(output, class_presence(masks, output.shape[1]))
-        return self.loss_fn(output, masks_at_size(masks, output.shape[-2:]))
+        return self.loss_fn(output, masks_at_size(masks, output.shape[-2:], self.ignore_index))
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, masks = batch
@@ -249,15 +264,37 @@ def _plain_to_numpy_state(state: tuple) -> tuple:
     return name, keys.numpy().astype(np.uint32), pos, has_gauss, cached
 
 
-def masks_at_size(masks: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """B x H x W train ids at ``size`` by nearest neighbour, taking the pixel nearest each cell's centre
-    (``nearest-exact``; plain ``nearest`` takes each cell's top-left pixel): labels are never interpolated, so a
-    coarse output is scored against real labels (ignore pixels stay ignored). The masks themselves when already
-    that size."""
+def aux_stride(label_size: Sequence[int], output_size: Sequence[int]) -> int | None:
+    """The power-of-two stride ``s`` at which a map of ``output_size`` covers a ``label_size`` input (``ceil(H /
+    s)`` x ``ceil(W / s)`` cells, as a net that pads its input to a multiple of its stride and crops back gives),
+    or None."""
+    (height, width), target, stride = label_size, tuple(output_size), 1
+    while stride <= max(height, width):
+        if (-(-height // stride), -(-width // stride)) == target:
+            return stride
+        stride *= 2
+    return None
+
+
+def masks_at_size(masks: torch.Tensor, size: Sequence[int], ignore_index: int = 255) -> torch.Tensor:
+    """B x H x W train ids at the size of a coarser auxiliary output (ICNet's cascade label guidance): the label at
+    the centre of each ``stride`` x ``stride`` cell the output predicts, the cells past the mask's edge padded with
+    ``ignore_index`` as the net padded its input, so labels are never interpolated nor shifted. The masks themselves
+    when already that size; a size that is no power-of-two fraction of the mask is an error."""
     if tuple(masks.shape[-2:]) == tuple(size):
         return masks
-    resized = F.interpolate(masks[:, None].float(), size=tuple(size), mode="nearest-exact")
-    return resized[:, 0].to(masks.dtype)
+    stride = aux_stride(masks.shape[-2:], size)
+    if stride is None:
+        raise SegkitError(
+            f"an auxiliary output of size {tuple(size)} does not cover the {tuple(masks.shape[-2:])} mask at a "
+            "power-of-two stride; a net's auxiliary maps must be its input size or ceil(size / 2**k) (crop them back "
+            "as segkit.models.nets.icnet does)"
+        )
+    height, width = size
+    padded = F.pad(
+        masks, (0, width * stride - masks.shape[-1], 0, height * stride - masks.shape[-2]), value=ignore_index
+    )
+    return padded[..., stride // 2 :: stride, stride // 2 :: stride]
 
 
 def class_presence(masks: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -27,7 +27,7 @@ def export_from_config(cfg: DictConfig) -> dict[str, float]:
         name = loaded.path.stem if loaded.path else "model"
     elif cfg.get("model"):  # an optional group, absent by default
         in_channels = int(cfg.in_channels)
-        net = build_net(cfg.model, int(cfg.num_classes), in_channels)
+        net = build_net(cfg.model, int(cfg.num_classes), in_channels, for_weights=True)  # untrained: no download
         name = str(cfg.model._target_).rsplit(".", 1)[-1].lower()
         log.info(f"exporting an untrained {cfg.model._target_} ({cfg.num_classes} classes)")
     else:

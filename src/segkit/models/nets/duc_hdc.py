@@ -9,7 +9,7 @@ channels) and PixelShuffle lays them out at full resolution, so the upsampling i
 The DUC head follows the authors' code (TuSimple-DUC, ``tusimple_duc/networks/network_duc_hdc.py``): the K * 64
 scores are the sum of four 3x3 convolutions dilated 6/12/18/24 (the ASPP of the paper's DeepLab-v2 baseline,
 widened to K * 64 outputs), each with a bias and with no BatchNorm or ReLU before the reshape.
-``duc_dilations=(1,)`` is one plain 3x3 conv (segkit's earlier head); ``duc_norm=True`` puts BN + ReLU between
+``duc_dilations=(1,)`` is one plain 3x3 conv; ``duc_norm=True`` puts BN + ReLU between
 the conv and the pixel shuffle, the form of common PyTorch ports (not in the authors' code).
 """
 

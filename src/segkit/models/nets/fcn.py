@@ -24,7 +24,7 @@ from torch import nn
 
 from segkit import SegkitError
 from segkit.models.backbones import DENSENET_ARCHS, RESNET_ARCHS, VGG_ARCHS, build_backbone, vgg_fully_connected
-from segkit.models.blocks import ConvBNReLU, bilinear_kernel, bilinear_upsampler, crop_to, pad_to_multiple
+from segkit.models.blocks import ConvBNReLU, bilinear_upsampler, crop_to, pad_to_multiple
 
 BACKBONES = VGG_ARCHS + RESNET_ARCHS + DENSENET_ARCHS
 
@@ -139,10 +139,7 @@ def _caffe_geometry(backbone: nn.Module, fc6: nn.Conv2d) -> None:
 
 def _caffe_deconvolution(channels: int, stride: int) -> nn.ConvTranspose2d:
     """Caffe FCN's Deconvolution: kernel 2 x stride, no padding, no bias, bilinear filler."""
-    up = nn.ConvTranspose2d(channels, channels, 2 * stride, stride=stride, bias=False)
-    with torch.no_grad():
-        up.weight.copy_(bilinear_kernel(channels, 2 * stride))
-    return up
+    return bilinear_upsampler(channels, stride, padding=0)
 
 
 def _edge_padded_upsampler(channels: int, stride: int) -> nn.ConvTranspose2d:

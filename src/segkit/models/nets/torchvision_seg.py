@@ -73,7 +73,10 @@ class TorchvisionSegmentation(nn.Module):
         replace_first_conv(self.model.backbone, in_channels)
 
     def _load_backbone(self, arch: str) -> None:
-        """The trunk from the ImageNet classifier it was cut from; every trunk weight must be found there."""
+        """The trunk from the ImageNet classifier it was cut from; every trunk weight must be found there.
+
+        Loaded here rather than through the builders' ``weights_backbone=`` so that it takes the same DEFAULT weights
+        as segkit's own backbones and fails offline with segkit's one-line advice (``download_state_dict``)."""
         name, prefix = BACKBONES[arch]
         state = {
             k[len(prefix) :]: v
