@@ -35,6 +35,23 @@ TINY = [
 ]
 
 
+# A small synthetic run for the tests that start src/train.py as a process (sweeps, launchers): 32x32 scenes, a U-Net
+# 4 wide and 2 deep, one epoch, no test split; each adds its batch size and what it exercises.
+SMALL_RUN = [
+    "data.dataset.num_samples={train: 8, val: 4, test: 4}",
+    "data.dataset.height=32",
+    "data.dataset.width=32",
+    "trainer.accelerator=cpu",
+    "trainer.enable_model_summary=false",
+    "callbacks.progress_bar=null",
+    "extras.print_config=false",
+    "model.base_width=4",
+    "model.depth=2",
+    "trainer.max_epochs=1",
+    "test=false",
+]
+
+
 def compose_config(
     config_name: str = "train",
     overrides: list[str] | None = None,

@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 
 from segkit.cluster import shared_run_dir
 from segkit.tasks.train import train
-from tests.conftest import ROOT, TINY, compose_config
+from tests.conftest import ROOT, SMALL_RUN, TINY, compose_config
 from tests.helpers import val_rows
 
 # One epoch of two steps, the same samples per step in both runs: 2 processes x batch 2 against 1 x batch 4.
@@ -88,19 +88,9 @@ def test_optuna_sweep_through_submitit_runs_two_ddp_trials_at_once(tmp_path):
     import yaml
 
     small = [
-        "data.dataset.num_samples={train: 8, val: 4, test: 4}",
-        "data.dataset.height=32",
-        "data.dataset.width=32",
+        *SMALL_RUN,
         "data.batch_size=2",
         "data.val_batch_size=2",
-        "trainer.accelerator=cpu",
-        "trainer.enable_model_summary=false",
-        "callbacks.progress_bar=null",
-        "extras.print_config=false",
-        "model.base_width=4",
-        "model.depth=2",
-        "trainer.max_epochs=1",
-        "test=false",
         "logger=csv",
         "trainer=ddp_sim",
         "trainer.strategy=ddp_fork",

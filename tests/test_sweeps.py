@@ -13,25 +13,10 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, TINY, compose_config
+from tests.conftest import ROOT, SMALL_RUN, TINY, compose_config
 from tests.test_train import run_cli
 
-SMALL = [
-    "data.dataset.num_samples={train: 8, val: 4, test: 4}",
-    "data.dataset.height=32",
-    "data.dataset.width=32",
-    "data.batch_size=4",
-    "data.val_batch_size=4",
-    "trainer.accelerator=cpu",
-    "trainer.enable_model_summary=false",
-    "callbacks.progress_bar=null",
-    "extras.print_config=false",
-    "model.base_width=4",
-    "model.depth=2",
-    "debug=limit",
-    "trainer.max_epochs=1",
-    "test=false",
-]
+SMALL = [*SMALL_RUN, "data.batch_size=4", "data.val_batch_size=4", "debug=limit"]
 
 
 def test_optimizer_sweep_2x2_and_summary_table(tmp_path):
