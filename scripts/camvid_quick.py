@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +31,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch (the recipe assumes 2)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. trainer.max_time=00:00:05:00")
     args = parser.parse_args()
-    run_dir = ROOT / "logs" / "camvid_quick" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    # microseconds, as train.py's own run folders: two runs started in the same second must not share a folder
+    run_dir = ROOT / "logs" / "camvid_quick" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
     cmd = [
         sys.executable,
         str(ROOT / "src" / "train.py"),
