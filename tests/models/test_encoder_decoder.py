@@ -9,6 +9,7 @@ from functools import partial
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from segkit import SegkitError
 from segkit.models.nets.enet import ENet
@@ -206,3 +207,26 @@ def test_unetpp_deep_supervision_config_trains_one_batch(tiny_cfg):
             "data.val_batch_size=2",
         )
     )
+
+
+def test_unet_pixel_shuffle_predicts_one_pixel_stripes():
+    """``pixel_shuffle=2`` runs the U-Net at half resolution, yet each output pixel gets its own logits: columns one
+    pixel wide, alternating between two classes, are learnt exactly, which a net predicting at half resolution
+    and upsampling could not do (at most ~half of those pixels right)."""
+    check_output_shapes(partial(UNet, base_width=4, depth=2, pixel_shuffle=2), batch=1)
+    net = UNet(num_classes=2, base_width=8, depth=2, pixel_shuffle=2)
+    assert net.stem[0].in_channels == 12 and net.head.out_channels == 8
+    torch.manual_seed(0)
+    mask = (torch.arange(30) % 2).expand(2, 30, 30).clone()  # 30 x 30: padded to 32 inside, cropped back
+    image = mask[:, None].float().repeat(1, 3, 1, 1) + 0.05 * torch.randn(2, 3, 30, 30)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(30):
+        loss = F.cross_entropy(net(image), mask)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        accuracy = (net.eval()(image).argmax(1) == mask).float().mean().item()
+    assert accuracy > 0.99, accuracy
+    with pytest.raises(SegkitError, match="model.pixel_shuffle=0"):
+        UNet(num_classes=2, pixel_shuffle=0)

@@ -49,6 +49,27 @@ class NormalizeChannels(A.ImageOnlyTransform):
         return ("mean", "std")
 
 
+class FocusCrop(A.CropNonEmptyMaskIfExists):
+    """A random ``height`` x ``width`` crop around a pixel of one of ``classes`` (train ids), chosen uniformly among
+    their pixels at a random place in the window; a plain random crop when none of them is in the image.
+
+    Used with probability ``focus_p`` in place of the random crop (``train_transforms(focus_classes=...)``), it
+    shows the net its thin or rare classes (pole, sign, pedestrian) more often than their share of the pixels.
+    """
+
+    def __init__(self, height: int, width: int, classes: Sequence[int], p: float = 1.0) -> None:
+        super().__init__(height, width, p=p)
+        self.classes = [int(c) for c in classes]
+
+    def _preprocess_mask(self, mask: np.ndarray) -> np.ndarray:
+        if self.height > mask.shape[0] or self.width > mask.shape[1]:
+            raise ValueError(f"crop ({self.height}, {self.width}) is larger than the image {mask.shape[:2]}")
+        return np.isin(mask, self.classes)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("height", "width", "classes")
+
+
 def train_transforms(
     crop_size: Sequence[int] | None = None,
     scale_range: Sequence[float] = (0.5, 2.0),
@@ -62,14 +83,22 @@ def train_transforms(
     crop: str = "scale",
     area_range: Sequence[float] = (0.25, 1.0),
     ratio_range: Sequence[float] = (0.75, 1.3333),
+    focus_classes: Sequence[int] | None = None,
+    focus_p: float = 0.5,
 ) -> A.Compose:
     """Resize to ``base_size`` (optional), random scale, pad with ignore, random crop, flip, jitter, normalise.
 
     ``crop='resized'`` swaps scale + pad + crop for RandomResizedCrop to ``crop_size`` (a crop of
     ``area_range`` of the image with aspect ``ratio_range``, resized): the other seed recipe's pipeline.
+    ``focus_classes`` (train ids): with probability ``focus_p`` the random crop is a ``FocusCrop`` that holds a
+    pixel of one of them.
     """
     if crop not in ("scale", "resized"):
         raise SegkitError(f"data.train_transform.crop={crop!r}; use 'scale' (scale+pad+crop) or 'resized'")
+    if focus_classes and (crop != "scale" or crop_size is None):
+        raise SegkitError("data.train_transform.focus_classes needs crop=scale and a crop_size=[h, w] to place")
+    if not 0.0 <= float(focus_p) <= 1.0:
+        raise SegkitError(f"data.train_transform.focus_p={focus_p}; use a probability in [0, 1]")
     if crop == "resized" and crop_size is None:
         raise SegkitError("data.train_transform.crop=resized needs data.train_transform.crop_size=[h, w]")
     steps: list[A.BasicTransform] = []
@@ -107,10 +136,14 @@ def train_transforms(
         steps.append(A.Rotate(limit=rotate, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore_index, p=0.5))
     if crop_size is not None:
         h, w = int(crop_size[0]), int(crop_size[1])
-        steps += [
-            A.PadIfNeeded(min_height=h, min_width=w, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore_index),
-            A.RandomCrop(h, w),
-        ]
+        steps.append(
+            A.PadIfNeeded(min_height=h, min_width=w, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore_index)
+        )
+        if focus_classes and focus_p > 0:
+            p = float(focus_p)
+            steps.append(A.OneOf([FocusCrop(h, w, focus_classes, p=p), A.RandomCrop(h, w, p=1.0 - p)], p=1.0))
+        else:
+            steps.append(A.RandomCrop(h, w))
     if hflip:
         steps.append(A.HorizontalFlip(p=hflip))
     if color_jitter:

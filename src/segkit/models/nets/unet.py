@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
+from segkit import SegkitError
 from segkit.models.blocks import ConvBNReLU, crop_to, pad_to_multiple
 
 
@@ -17,6 +19,13 @@ class UNet(nn.Module):
     """Encoder of ``depth`` poolings, widths ``base_width * 2**i``; decoder by bilinear or transposed upsampling.
 
     Inputs of any size are padded to a multiple of ``2**depth`` and the output is cropped back.
+
+    ``pixel_shuffle=f`` (f > 1) runs the whole U-Net at 1/f of the input resolution at almost the cost of a
+    U-Net fed a 1/f-size image, but without throwing the input's detail away: the stem takes the input's f x f
+    pixel blocks as channels (``pixel_unshuffle``), and the head predicts ``f*f`` logits per cell, rearranged
+    into a full-resolution map (``pixel_shuffle``, the dense upsampling convolution of DUC, Wang et al. 2018).
+    Thin objects that an image resize would blur (poles, signs) keep their pixels in the input and in the
+    labels the net is trained against.
     """
 
     def __init__(
@@ -27,11 +36,14 @@ class UNet(nn.Module):
         depth: int = 4,
         bilinear: bool = False,
         dropout: float = 0.0,
+        pixel_shuffle: int = 1,
     ) -> None:
         super().__init__()
+        if int(pixel_shuffle) < 1:
+            raise SegkitError(f"model.pixel_shuffle={pixel_shuffle}; use 1 (off) or a factor such as 2")
         widths = [base_width * 2**i for i in range(depth + 1)]
-        self.depth = depth
-        self.stem = double_conv(in_channels, widths[0])
+        self.depth, self.shuffle = depth, int(pixel_shuffle)
+        self.stem = double_conv(in_channels * self.shuffle**2, widths[0])
         self.down = nn.ModuleList(
             nn.Sequential(nn.MaxPool2d(2), double_conv(widths[i], widths[i + 1])) for i in range(depth)
         )
@@ -49,14 +61,19 @@ class UNet(nn.Module):
             else:
                 self.up.append(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2))
             self.fuse.append(double_conv(2 * widths[i], widths[i]))
-        self.head = nn.Conv2d(widths[0], num_classes, 1)
+        self.head = nn.Conv2d(widths[0], num_classes * self.shuffle**2, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, size = pad_to_multiple(x, 2**self.depth)
+        x, size = pad_to_multiple(x, 2**self.depth * self.shuffle)
+        if self.shuffle > 1:
+            x = F.pixel_unshuffle(x, self.shuffle)
         skips = [self.stem(x)]
         for down in self.down:
             skips.append(down(skips[-1]))
         y = self.dropout(skips.pop())
         for up, fuse in zip(self.up, self.fuse):
             y = fuse(torch.cat([skips.pop(), up(y)], dim=1))
-        return crop_to(self.head(y), size)
+        y = self.head(y)
+        if self.shuffle > 1:
+            y = F.pixel_shuffle(y, self.shuffle)
+        return crop_to(y, size)

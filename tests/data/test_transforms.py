@@ -1,0 +1,75 @@
+"""The training pipeline's crops: the class-focused crop and its fall-backs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from segkit import SegkitError
+from segkit.data.transforms import train_transforms
+
+
+def scene(pole_columns: slice | None = slice(200, 202)) -> tuple[np.ndarray, np.ndarray]:
+    """A 180x240 image whose mask is class 0 except a thin two-pixel "pole" (class 2) near the right edge."""
+    image = np.random.default_rng(0).integers(0, 255, (180, 240, 3), dtype=np.uint8)
+    mask = np.zeros((180, 240), np.uint8)
+    if pole_columns is not None:
+        mask[:, pole_columns] = 2
+    return image, mask
+
+
+def crops_holding(transform, image: np.ndarray, mask: np.ndarray, cls: int, n: int = 60) -> int:
+    hits = 0
+    for seed in range(n):
+        transform.set_random_seed(seed)
+        out = transform(image=image, mask=mask)
+        assert tuple(out["mask"].shape) == (64, 64)
+        hits += int((out["mask"] == cls).any())
+    return hits
+
+
+def test_focus_crop_holds_a_focus_pixel_as_often_as_asked():
+    image, mask = scene()
+    kwargs = dict(crop_size=(64, 64), scale_range=(1.0, 1.0), hflip=0.0, focus_classes=[2])
+    always = crops_holding(train_transforms(**kwargs, focus_p=1.0), image, mask, 2)
+    never = crops_holding(train_transforms(**kwargs, focus_p=0.0), image, mask, 2)
+    half = crops_holding(train_transforms(**kwargs, focus_p=0.5), image, mask, 2)
+    assert always == 60
+    # a random 64-wide crop of 240 columns holds columns 200-201 for ~1/4 of the offsets
+    assert never < 30
+    assert never < half < always
+
+
+def test_focus_crop_without_the_class_in_view_is_a_random_crop():
+    image, mask = scene(pole_columns=None)
+    transform = train_transforms(crop_size=(64, 64), scale_range=(1.0, 1.0), hflip=0.0, focus_classes=[2], focus_p=1.0)
+    corners = set()
+    for seed in range(20):
+        transform.set_random_seed(seed)
+        out = transform(image=image, mask=mask)
+        corners.add(tuple(out["image"][:, 0, 0].tolist()))
+    assert len(corners) > 10  # crops land in many places, not stuck at one corner
+
+
+def test_focus_crop_is_a_function_of_the_seed():
+    image, mask = scene()
+    transform = train_transforms(crop_size=(64, 64), scale_range=(0.75, 1.5), focus_classes=[2], focus_p=0.5)
+    for seed in (3, 11):
+        transform.set_random_seed(seed)
+        first = transform(image=image, mask=mask)
+        transform.set_random_seed(seed)
+        second = transform(image=image, mask=mask)
+        assert (first["image"] == second["image"]).all() and (first["mask"] == second["mask"]).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(crop="resized", crop_size=(64, 64), focus_classes=[2]), "focus_classes needs crop=scale"),
+        (dict(crop_size=None, focus_classes=[2]), "focus_classes needs crop=scale"),
+        (dict(crop_size=(64, 64), focus_classes=[2], focus_p=1.5), "focus_p=1.5"),
+    ],
+)
+def test_focus_crop_bad_settings_name_the_key(kwargs, words):
+    with pytest.raises(SegkitError, match=words):
+        train_transforms(**kwargs)
