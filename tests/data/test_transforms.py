@@ -6,13 +6,16 @@ import numpy as np
 import pytest
 
 from segkit import SegkitError
+from segkit.data.datamodule import _crop_size
 from segkit.data.transforms import train_transforms
 
 
 def scene(pole_columns: slice | None = slice(200, 202)) -> tuple[np.ndarray, np.ndarray]:
-    """A 180x240 image whose mask is class 0 except a thin two-pixel "pole" (class 2) near the right edge."""
+    """A 180x240 image whose mask is class 1 (class 0 in the top rows, class 3 on the left) except a thin two-pixel
+    "pole" (class 2) near the right edge: only the focus class may draw the crop, not any non-zero class."""
     image = np.random.default_rng(0).integers(0, 255, (180, 240, 3), dtype=np.uint8)
-    mask = np.zeros((180, 240), np.uint8)
+    mask = np.ones((180, 240), np.uint8)
+    mask[:20], mask[:, :60] = 0, 3
     if pole_columns is not None:
         mask[:, pole_columns] = 2
     return image, mask
@@ -68,8 +71,16 @@ def test_focus_crop_is_a_function_of_the_seed():
         (dict(crop="resized", crop_size=(64, 64), focus_classes=[2]), "focus_classes needs crop=scale"),
         (dict(crop_size=None, focus_classes=[2]), "focus_classes needs crop=scale"),
         (dict(crop_size=(64, 64), focus_classes=[2], focus_p=1.5), "focus_p=1.5"),
+        (dict(crop_size=(64, 64), focus_classes=[2], focus_p=None), "focus_p=None"),
+        (dict(crop_size=(64, 64), focus_classes=[2, 255]), "holds the ignore id 255"),
     ],
 )
 def test_focus_crop_bad_settings_name_the_key(kwargs, words):
     with pytest.raises(SegkitError, match=words):
         train_transforms(**kwargs)
+
+
+def test_focus_crop_size_is_what_checkpoints_record():
+    """The crop inside OneOf(FocusCrop, RandomCrop) is still found as the net's training input size."""
+    assert _crop_size(train_transforms(crop_size=(64, 80), focus_classes=[2])) == [64, 80]
+    assert _crop_size(train_transforms(crop_size=(64, 80))) == [64, 80]

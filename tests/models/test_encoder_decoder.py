@@ -214,10 +214,12 @@ def test_unet_pixel_shuffle_predicts_one_pixel_stripes():
     pixel wide, alternating between two classes, are learnt exactly, which a net predicting at half resolution
     and upsampling could not do (at most ~half of those pixels right)."""
     check_output_shapes(partial(UNet, base_width=4, depth=2, pixel_shuffle=2), batch=1)
+    torch.manual_seed(0)
     net = UNet(num_classes=2, base_width=8, depth=2, pixel_shuffle=2)
     assert net.stem[0].in_channels == 12 and net.head.out_channels == 8
-    torch.manual_seed(0)
-    mask = (torch.arange(30) % 2).expand(2, 30, 30).clone()  # 30 x 30: padded to 32 inside, cropped back
+    # 30 x 30 (padded to 32 inside, cropped back); the second image's stripes are shifted by one pixel, so each
+    # output pixel's class can only be read from its own input pixel, not from its 2 x 2 cell's position
+    mask = torch.stack([torch.arange(30) % 2, (torch.arange(30) + 1) % 2]).unsqueeze(1).expand(2, 30, 30).clone()
     image = mask[:, None].float().repeat(1, 3, 1, 1) + 0.05 * torch.randn(2, 3, 30, 30)
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     for _ in range(30):
@@ -230,3 +232,5 @@ def test_unet_pixel_shuffle_predicts_one_pixel_stripes():
     assert accuracy > 0.99, accuracy
     with pytest.raises(SegkitError, match="model.pixel_shuffle=0"):
         UNet(num_classes=2, pixel_shuffle=0)
+    with pytest.raises(SegkitError, match="model.pixel_shuffle=1.5"):
+        UNet(num_classes=2, pixel_shuffle=1.5)

@@ -86,10 +86,13 @@ def _crop_size(transform: Callable | None) -> list[int] | None:
     """``[height, width]`` of the crops a train pipeline feeds the net, or None where it trains on whole images."""
     for step in getattr(transform, "transforms", []):
         size = getattr(step, "size", None)  # RandomResizedCrop
-        if size is None and type(step).__name__ == "RandomCrop":
+        if size is None and type(step).__name__ in ("RandomCrop", "FocusCrop"):
             size = (step.height, step.width)
-        if size is not None and type(step).__name__ in ("RandomCrop", "RandomResizedCrop"):
+        if size is not None and type(step).__name__ in ("RandomCrop", "FocusCrop", "RandomResizedCrop"):
             return [int(size[0]), int(size[1])]
+        inner = _crop_size(step) if getattr(step, "transforms", None) else None  # OneOf(FocusCrop, RandomCrop)
+        if inner is not None:
+            return inner
     return None
 
 

@@ -97,7 +97,11 @@ def train_transforms(
         raise SegkitError(f"data.train_transform.crop={crop!r}; use 'scale' (scale+pad+crop) or 'resized'")
     if focus_classes and (crop != "scale" or crop_size is None):
         raise SegkitError("data.train_transform.focus_classes needs crop=scale and a crop_size=[h, w] to place")
-    if not 0.0 <= float(focus_p) <= 1.0:
+    if focus_classes and int(ignore_index) in [int(c) for c in focus_classes]:
+        raise SegkitError(
+            f"data.train_transform.focus_classes holds the ignore id {int(ignore_index)}; list train ids of classes"
+        )
+    if not isinstance(focus_p, (int, float)) or not 0.0 <= float(focus_p) <= 1.0:
         raise SegkitError(f"data.train_transform.focus_p={focus_p}; use a probability in [0, 1]")
     if crop == "resized" and crop_size is None:
         raise SegkitError("data.train_transform.crop=resized needs data.train_transform.crop_size=[h, w]")

@@ -39,7 +39,7 @@ class UNet(nn.Module):
         pixel_shuffle: int = 1,
     ) -> None:
         super().__init__()
-        if int(pixel_shuffle) < 1:
+        if int(pixel_shuffle) != pixel_shuffle or int(pixel_shuffle) < 1:
             raise SegkitError(f"model.pixel_shuffle={pixel_shuffle}; use 1 (off) or a factor such as 2")
         widths = [base_width * 2**i for i in range(depth + 1)]
         self.depth, self.shuffle = depth, int(pixel_shuffle)
