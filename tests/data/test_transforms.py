@@ -84,3 +84,32 @@ def test_focus_crop_size_is_what_checkpoints_record():
     """The crop inside OneOf(FocusCrop, RandomCrop) is still found as the net's training input size."""
     assert _crop_size(train_transforms(crop_size=(64, 80), focus_classes=[2])) == [64, 80]
     assert _crop_size(train_transforms(crop_size=(64, 80))) == [64, 80]
+
+
+def test_focus_classes_and_pixel_shuffle_train_from_the_config(tmp_path):
+    """Both new keys compose, train one batch through src/train.py's path, and unknown class ids are refused."""
+    from omegaconf import open_dict
+
+    from segkit.tasks.train import train
+    from tests.conftest import compose_config
+
+    overrides = [
+        "data.dataset.num_samples={train: 4, val: 2, test: 2}",
+        "data.dataset.height=32",
+        "data.dataset.width=32",
+        "data.batch_size=2",
+        "data.train_transform.crop_size=[32,32]",
+        "+data.train_transform.focus_classes=[1]",
+        "model.pixel_shuffle=2",
+        "trainer.fast_dev_run=true",
+        "extras.print_config=false",
+        "callbacks.progress_bar=null",
+        "test=false",
+    ]
+    cfg = compose_config("train", overrides, output_dir=tmp_path)
+    metrics = train(cfg)
+    assert metrics["train/loss"] > 0
+    with open_dict(cfg):
+        cfg.data.train_transform.focus_classes = [99]
+    with pytest.raises(SegkitError, match=r"focus_classes has \[99\], not a train id"):
+        train(cfg)

@@ -63,6 +63,18 @@ def check_mask_fill(transform: Callable, ignore_index: int, table: str) -> None:
             )
 
 
+def check_focus_classes(transform: Callable, num_classes: int, table: str) -> None:
+    """``focus_classes`` are train ids of the table; one it does not have would silently never draw a crop."""
+    for step in getattr(transform, "transforms", []):
+        check_focus_classes(step, num_classes, table)  # FocusCrop sits inside OneOf
+        unknown = [c for c in getattr(step, "classes", None) or [] if not 0 <= c < num_classes]
+        if type(step).__name__ == "FocusCrop" and unknown:
+            raise SegkitError(
+                f"data.train_transform.focus_classes has {unknown}, not a train id of label table '{table}' "
+                f"(0-{num_classes - 1}); list train ids, e.g. [2] for CamVid's pole"
+            )
+
+
 def collate_eval(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple:
     """Stacks images and masks where they agree in size; otherwise keeps them as lists, so a batch may mix
     original sizes (full-resolution masks of a resized input, or whole images of different shapes)."""
@@ -197,6 +209,7 @@ class SegmentationDataModule(LightningDataModule):
             transform = self.train_transform if stage == "train" else self.val_transform
             if stage == "train":
                 check_mask_fill(self.train_transform, self.ignore_index, self.labels.name)
+                check_focus_classes(self.train_transform, self.labels.num_classes, self.labels.name)
             self._datasets[stage] = TransformedDataset(self.raw_dataset(stage), transform, full_mask=stage != "train")
         return self._datasets[stage]
 
