@@ -234,3 +234,21 @@ def test_unet_pixel_shuffle_predicts_one_pixel_stripes():
         UNet(num_classes=2, pixel_shuffle=0)
     with pytest.raises(SegkitError, match="model.pixel_shuffle=1.5"):
         UNet(num_classes=2, pixel_shuffle=1.5)
+
+
+def test_unet_widths_per_level():
+    """``widths`` sets each level's channels (a wider full-resolution level than ``base_width * 2**i`` gives);
+    the net keeps any input size and learns, and a list of the wrong length is refused in one line."""
+    widths = [12, 8, 16, 32]
+    check_output_shapes(partial(UNet, widths=widths, depth=3), batch=1)
+    net = UNet(num_classes=3, widths=widths, depth=3)
+    assert net.stem[0].out_channels == 12 and net.head.in_channels == 12
+    assert [d[1][0].out_channels for d in net.down] == [8, 16, 32]
+    assert [u.out_channels for u in net.up] == [16, 8, 12]
+    torch.manual_seed(0)
+    check_learns(UNet(num_classes=4, widths=widths, depth=3), lr=1e-2, steps=25, size=32)
+    assert UNet(num_classes=3, base_width=4, depth=2).stem[0].out_channels == 4  # widths=null: base_width * 2**i
+    with pytest.raises(SegkitError, match=r"model.widths=\[8, 16\]: give depth \+ 1 = 4"):
+        UNet(num_classes=3, widths=[8, 16], depth=3)
+    with pytest.raises(SegkitError, match="positive widths"):
+        UNet(num_classes=3, widths=[8, 0, 16, 32], depth=3)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -16,7 +18,8 @@ def double_conv(cin: int, cout: int) -> nn.Sequential:
 
 
 class UNet(nn.Module):
-    """Encoder of ``depth`` poolings, widths ``base_width * 2**i``; decoder by bilinear or transposed upsampling.
+    """Encoder of ``depth`` poolings, widths ``base_width * 2**i`` (or one per level from ``widths``, e.g. a wider
+    full-resolution level); decoder by bilinear or transposed upsampling.
 
     Inputs of any size are padded to a multiple of ``2**depth`` and the output is cropped back.
 
@@ -37,11 +40,20 @@ class UNet(nn.Module):
         bilinear: bool = False,
         dropout: float = 0.0,
         pixel_shuffle: int = 1,
+        widths: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if int(pixel_shuffle) != pixel_shuffle or int(pixel_shuffle) < 1:
             raise SegkitError(f"model.pixel_shuffle={pixel_shuffle}; use 1 (off) or a factor such as 2")
-        widths = [base_width * 2**i for i in range(depth + 1)]
+        if widths is None:
+            widths = [base_width * 2**i for i in range(depth + 1)]
+        else:
+            widths = [int(w) for w in widths]
+            if len(widths) != depth + 1 or min(widths) < 1:
+                raise SegkitError(
+                    f"model.widths={widths}: give depth + 1 = {depth + 1} positive widths, one per level "
+                    "(or widths=null for base_width * 2**i)"
+                )
         self.depth, self.shuffle = depth, int(pixel_shuffle)
         self.stem = double_conv(in_channels * self.shuffle**2, widths[0])
         self.down = nn.ModuleList(
