@@ -248,7 +248,26 @@ def test_unet_widths_per_level():
     torch.manual_seed(0)
     check_learns(UNet(num_classes=4, widths=widths, depth=3), lr=1e-2, steps=25, size=32)
     assert UNet(num_classes=3, base_width=4, depth=2).stem[0].out_channels == 4  # widths=null: base_width * 2**i
-    with pytest.raises(SegkitError, match=r"model.widths=\[8, 16\]: give depth \+ 1 = 4"):
-        UNet(num_classes=3, widths=[8, 16], depth=3)
-    with pytest.raises(SegkitError, match="positive widths"):
-        UNet(num_classes=3, widths=[8, 0, 16, 32], depth=3)
+    # the bilinear decoder and the pixel-shuffle stem/head take the same widths
+    bilinear = UNet(num_classes=3, widths=widths, depth=3, bilinear=True)
+    assert [u[1].out_channels for u in bilinear.up] == [16, 8, 12] and bilinear.head.in_channels == 12
+    check_output_shapes(partial(UNet, widths=widths, depth=3, bilinear=True), sizes=((33, 47),), batch=1)
+    shuffled = UNet(num_classes=3, widths=widths, depth=3, pixel_shuffle=2)
+    assert shuffled.stem[0].out_channels == 12 and shuffled.head.out_channels == 12
+    check_output_shapes(partial(UNet, widths=widths, depth=3, pixel_shuffle=2), sizes=((33, 47),), batch=1)
+    for bad in ([8, 16], [8, 0, 16, 32], [8, 12.5, 16, 32], [8, True, 16, 32], 32, "8,16,32,64"):
+        with pytest.raises(SegkitError, match=r"model.widths=.*: give a list of depth \+ 1 = 4 positive whole widths"):
+            UNet(num_classes=3, widths=bad, depth=3)
+
+
+def test_unet_widths_from_the_config(tiny_cfg):
+    """``model.widths`` composes from the command line, trains, and reaches the net: a list of the wrong length
+    from the config is refused by the net in one line (the SegkitError the CLI prints, inside Hydra's wrapper)."""
+    from segkit.cli import segkit_cause
+    from segkit.tasks.train import train
+
+    size = ["debug=fdr", "data.dataset.height=32", "data.dataset.width=32", "data.batch_size=2"]
+    assert train(tiny_cfg("model.widths=[6,8,16,32]", "model.depth=3", *size))["train/loss"] > 0
+    with pytest.raises(Exception) as info:
+        train(tiny_cfg("model.widths=[6,8,16]", "model.depth=3", *size))
+    assert "model.widths=[6, 8, 16]: give a list of depth + 1 = 4" in str(segkit_cause(info.value))

@@ -48,11 +48,13 @@ class UNet(nn.Module):
         if widths is None:
             widths = [base_width * 2**i for i in range(depth + 1)]
         else:
-            widths = [int(w) for w in widths]
-            if len(widths) != depth + 1 or min(widths) < 1:
+            given = widths
+            ok = isinstance(widths, Sequence) and not isinstance(widths, str) and len(widths) == depth + 1
+            widths = list(widths) if ok else []
+            if not ok or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths):
                 raise SegkitError(
-                    f"model.widths={widths}: give depth + 1 = {depth + 1} positive widths, one per level "
-                    "(or widths=null for base_width * 2**i)"
+                    f"model.widths={given!r}: give a list of depth + 1 = {depth + 1} positive whole widths, one per "
+                    f"level (or set model.depth to the list's length - 1, or model.widths=null for base_width * 2**i)"
                 )
         self.depth, self.shuffle = depth, int(pixel_shuffle)
         self.stem = double_conv(in_channels * self.shuffle**2, widths[0])
