@@ -234,6 +234,9 @@ def test_unet_pixel_shuffle_predicts_one_pixel_stripes():
         UNet(num_classes=2, pixel_shuffle=0)
     with pytest.raises(SegkitError, match="model.pixel_shuffle=1.5"):
         UNet(num_classes=2, pixel_shuffle=1.5)
+    for bad in ("2", True):
+        with pytest.raises(SegkitError, match="use 1 \\(off\\) or a factor such as 2"):
+            UNet(num_classes=2, pixel_shuffle=bad)
 
 
 def test_unet_widths_per_level():

@@ -17,6 +17,11 @@ def double_conv(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(*ConvBNReLU(cin, cout, 3), *ConvBNReLU(cout, cout, 3))
 
 
+def _whole(value: object) -> bool:
+    """A positive whole number (not a bool, a fraction or a string): a factor or a channel count."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 class UNet(nn.Module):
     """Encoder of ``depth`` poolings, widths ``base_width * 2**i`` (or one per level from ``widths``, e.g. a wider
     full-resolution level); decoder by bilinear or transposed upsampling.
@@ -43,7 +48,7 @@ class UNet(nn.Module):
         widths: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        if int(pixel_shuffle) != pixel_shuffle or int(pixel_shuffle) < 1:
+        if not _whole(pixel_shuffle):
             raise SegkitError(f"model.pixel_shuffle={pixel_shuffle}; use 1 (off) or a factor such as 2")
         if widths is None:
             widths = [base_width * 2**i for i in range(depth + 1)]
@@ -51,7 +56,7 @@ class UNet(nn.Module):
             given = widths
             ok = isinstance(widths, Sequence) and not isinstance(widths, str) and len(widths) == depth + 1
             widths = list(widths) if ok else []
-            if not ok or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths):
+            if not ok or not all(_whole(w) for w in widths):
                 raise SegkitError(
                     f"model.widths={given!r}: give a list of depth + 1 = {depth + 1} positive whole widths, one per "
                     f"level (or set model.depth to the list's length - 1, or model.widths=null for base_width * 2**i)"
