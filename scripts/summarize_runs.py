@@ -6,8 +6,8 @@
 Reads each job directory's ``.hydra/overrides.yaml``, ``csv/metrics.csv`` (the CSV logger) and ``result.json`` (how
 the run ended); the row shows the overrides that differ between runs, the epoch with the best ``--metric``, the other
 validation scores of that epoch and the status: completed, pruned (an Optuna sweep stopped it early), failed (with
-the error) or unfinished (killed, or still running). Jobs whose overrides hold a path sit in nested folders; they
-are found all the same. Sorted best first.
+the error) or unfinished (killed, or still running). Job folders are found at any depth (sweeps whose folder names
+held a path nested them). Sorted best first.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ IGNORED_OVERRIDES = ("paths.", "hydra.", "extras.", "callbacks.progress_bar", "t
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
-    """Every job folder under the sweep, at any depth (an override like data.root=/a/b nests the folder)."""
+    """Every job folder under the sweep, at any depth (older sweeps nested a job whose override held a path)."""
     jobs = {p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")}
     return sorted(jobs, key=lambda job: _job_number(sweep_dir, job))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from segkit.cli import run_task
+from segkit.cli import run_entry_point, run_task
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
@@ -22,4 +22,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main, "export")

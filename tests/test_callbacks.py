@@ -123,3 +123,37 @@ def test_ema_weights_are_checkpointed_and_differ_from_raw(run_dir):
 def test_overrides_become_tags():
     tags = overrides_to_tags(["optimizer=sgd", "+optimizer.lr=0.01", "paths.log_dir=/x", "model.name=" + "n" * 80])
     assert tags[:2] == ["optimizer=sgd", "optimizer.lr=0.01"] and len(tags) == 3 and len(tags[2]) == 64
+
+
+@pytest.mark.parametrize("validate_at_limit", [True, False])
+def test_a_time_limited_run_validates_the_weights_it_stops_at(tmp_path, validate_at_limit):
+    """check_val_every_n_epoch far beyond the run: only ValidateAtTimeLimit makes the stop validate (and so
+    checkpoint the final weights as best); without it (the negative control) nothing is validated."""
+    overrides = [
+        *RUN[:9],
+        "test=false",
+        "model.base_width=4",
+        "model.depth=2",
+        "logger=csv",
+        "trainer.precision=32-true",
+        "trainer.max_epochs=1000",
+        "trainer.max_time=00:00:00:03",
+        "trainer.check_val_every_n_epoch=1000",
+        "trainer.num_sanity_val_steps=0",
+        "callbacks.local_curves=null",
+    ]
+    if not validate_at_limit:
+        overrides.append("callbacks.validate_at_time_limit=null")
+    metrics = train(compose_config("train", overrides, output_dir=tmp_path))
+    curves = read_epoch_curves(tmp_path / "csv" / "metrics.csv", keys=("val/mIoU", "train/loss_epoch"))
+    rows, epochs = curves["val/mIoU"], [epoch for epoch, _ in curves["train/loss_epoch"]]
+    if validate_at_limit:  # the epoch it stopped in is validated; only the last moments switch to every epoch
+        assert rows and rows[-1][0] == max(epochs) and len(rows) < len(epochs) / 2, (rows, len(epochs))
+        assert 0.0 <= metrics["val/mIoU"] <= 1.0
+        # the stop's validation takes part in choosing the best checkpoint
+        assert metrics["best/val/mIoU"] == pytest.approx(max(v for _, v in rows), abs=1e-6)
+        best = torch.load(metrics["best_model_path"], weights_only=True)
+        assert best["epoch"] == max(rows, key=lambda r: r[1])[0]
+        assert Path(metrics["best_model_path"]).is_file()
+    else:
+        assert rows == [] and "val/mIoU" not in metrics

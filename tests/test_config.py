@@ -62,8 +62,11 @@ def test_choice_composes_and_instantiates(group, choice, tmp_path):
     elif group == "trainer":
         if node.accelerator == "gpu" and not torch.cuda.is_available():
             get_method(node._target_)  # composes; instantiating needs a GPU
-        else:
-            assert hydra.utils.instantiate(node) is not None
+        else:  # segkit settles precision=auto before Lightning sees it (Lightning has no "auto")
+            from segkit.precision import resolve_precision
+
+            precision, _ = resolve_precision(node.precision, node.accelerator)
+            assert hydra.utils.instantiate(node, precision=precision) is not None
     elif group in ("callbacks", "logger"):
         for item in node.values():
             assert hydra.utils.instantiate(item) is not None

@@ -49,8 +49,9 @@ def test_optimizer_sweep_2x2_and_summary_table(tmp_path):
 
 
 def test_optuna_sweep_maximises_val_miou(tmp_path):
-    """Two Optuna trials on tiny data: each trial is a run folder named by its sampled overrides, and the sweeper's
-    best value is the best trial's best val/mIoU (what train.py returns)."""
+    """Two Optuna trials on tiny data: each trial is a run folder named by its sampled overrides (keys shortened to
+    their last name when the name would pass 100 characters), and the sweeper's best value is the best trial's best
+    val/mIoU (what train.py returns)."""
     pytest.importorskip("optuna", reason="optuna is not installed (pip install -e '.[sweep]')")
     import yaml
 
@@ -64,7 +65,7 @@ def test_optuna_sweep_maximises_val_miou(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
     trials = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert len(trials) == 2 and all("optimizer.lr=" in p.name and "loss=" in p.name for p in trials), trials
+    assert len(trials) == 2 and all("lr=" in p.name and "loss=" in p.name for p in trials), trials
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     script = [sys.executable, str(ROOT / "scripts" / "summarize_runs.py"), str(sweep), "--format", "csv"]
     rows = list(csv.DictReader(io.StringIO(subprocess.run(script, capture_output=True, text=True, check=True).stdout)))
@@ -73,6 +74,47 @@ def test_optuna_sweep_maximises_val_miou(tmp_path):
     assert results["best_value"] == pytest.approx(best_in_table, abs=5e-4)
     best = max(rows, key=lambda r: float(r["val/mIoU"]))
     assert str(results["best_params"]["optimizer"]) == best["optimizer"]
+
+
+def test_job_folder_names_are_bounded_rounded_and_safe():
+    """A job folder is its number and its overrides, swept keys first, floats to 4 significant digits, no '/' or
+    braces, within 100 characters however many overrides (the job number keeps names unique)."""
+    from segkit.cli import job_folder_name
+
+    assert job_folder_name(0, "optimizer.lr=0.001,optimizer=adam") == "0_optimizer.lr=0.001,optimizer=adam"
+    assert job_folder_name(3, "") == "3"
+    many = ",".join(
+        [f"data.root=/data/{'deep/' * 20}camvid", "loss=ce_dice", "optimizer.lr=0.0012345678901234"]
+        + [f"model.key_{i}={{a: {i}, b: [0.30000000000000004, 1e-07]}}" for i in range(20)]
+    )
+    name = job_folder_name(12, many, {"optimizer.lr": "tag(log, interval(1e-4, 5e-2))", "loss": "choice(ce)"})
+    assert len(name) <= 100 and name.startswith("12_loss=ce_dice,lr=0.001235,"), name
+    assert not set("/{}[]: ") & set(name) and name.endswith(",+21"), name  # the long path and the 20 keys
+    assert job_folder_name(1, "data.root=/" + "x" * 300) == "1_root=" + "x" * 93
+    assert job_folder_name(2, "~callbacks.early_stopping,+trainer.limit_val_batches=2") == (
+        "2_no-callbacks.early_stopping,trainer.limit_val_batches=2"
+    )
+
+
+def test_optuna_job_folders_stay_short_when_the_overrides_would_pass_255_characters(tmp_path):
+    """Optuna's full-precision floats and the shrinking overrides give an override_dirname far past the 255
+    characters a folder name may have: the sweep runs, each trial folder is short and leads with what was sampled,
+    and .hydra/overrides.yaml and result.json keep every override in full."""
+    pytest.importorskip("optuna", reason="optuna is not installed (pip install -e '.[sweep]')")
+    import yaml
+
+    proc = run_cli(["hparams_search=optuna", "hydra.sweeper.n_trials=2", *SMALL], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    trials = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert [p.name[:2] for p in trials] == ["0_", "1_"], trials
+    for trial in trials:
+        overrides = yaml.safe_load((trial / ".hydra" / "overrides.yaml").read_text())
+        assert len(",".join(overrides)) > 255
+        assert len(trial.name) <= 100 and trial.name[2:].startswith("loss="), trial.name
+        lr = next(o.split("=", 1)[1] for o in overrides if o.startswith("optimizer.lr="))
+        assert len(lr) > 8 and f"lr={float(lr):.4g}" in trial.name, (lr, trial.name)
+        assert json.loads((trial / "result.json").read_text())["overrides"] == overrides
 
 
 # Trial 2 barely trains and must be pruned. Trials 0, 1 and 3 share one setting (runs are deterministic), so the

@@ -1,15 +1,18 @@
-"""Rebuild a trained net from a segkit checkpoint (or a run directory) without Lightning or the training config.
+"""Rebuild a trained net from a segkit checkpoint (or a run folder) without Lightning or the training config.
 
-A checkpoint carries the resolved run config (``hyper_parameters``: ``model``, ``data``, ...) and what the model
-needs to be used (``segkit``: class names, colours, source ids, ignore index, input channels, normalisation, the
-training input size), so eval, predict and export read them from the ``LoadedModel`` and need nothing else.
-Checkpoints written before those facts were stored fall back to the run config stored with them.
+A checkpoint is untrusted data. It carries the resolved run config (``hyper_parameters``: ``model``, ``data``, ...)
+and what the model needs to be used (``segkit``: class names, colours, source ids, ignore index, input channels,
+normalisation, training input size). ``load_model`` reads them as plain values only (``segkit.safe_config``): the
+net is looked up in segkit's registry, built first on the ``meta`` device and compared with the stored tensors, and
+only then built for real, so neither code nor an oversized allocation can come from the file. A run folder only
+locates its checkpoint: its ``.hydra/config.yaml`` is never read.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,15 +20,19 @@ from typing import Any
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from segkit import SegkitError
-from segkit.data.labels import LabelTable, train_ids_to_source_ids
+from segkit.checkpoint_io import read_torch_file
+from segkit.data.labels import train_ids_to_source_ids
 from segkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from segkit.safe_config import check_data_config, check_net_config
+from segkit.safe_config import net_options, plain_data
 
 log = logging.getLogger("segkit")
+
+MAX_CLASSES = 4096
+MAX_CHANNELS = 64
+MAX_SIZE = 16384
 
 
 @dataclass
@@ -44,6 +51,7 @@ class LoadedModel:
     std: tuple[float, ...] = IMAGENET_STD
     input_size: tuple[int, int] | None = None  # the training crop (height, width); None: whole images
     source_ids: tuple[tuple[int, ...], ...] = ()  # per train id, the dataset's own ids (empty where unknown)
+    precision: str | None = None  # the Lightning precision the run trained with, where stored
 
     @property
     def num_classes(self) -> int:
@@ -55,58 +63,52 @@ class LoadedModel:
 
 
 def find_checkpoint(run_dir: Path) -> Path:
-    """The best checkpoint of a run directory (``checkpoints/epoch_*.ckpt``, newest first), else ``last.ckpt``."""
+    """The best checkpoint of a run folder (``checkpoints/epoch_*.ckpt``, newest first), else ``last.ckpt``.
+    Only plain files inside the folder count: a link is followed nowhere."""
     folder = run_dir / "checkpoints"
-    candidates = sorted(
-        (p for p in folder.glob("*.ckpt") if p.name != "last.ckpt" and not p.name.startswith("last-")),
+    if folder.is_symlink() or not folder.is_dir():
+        raise SegkitError(f"run folder '{run_dir}' has no checkpoints/ folder; pass ckpt=<file.ckpt> instead")
+    files = [p for p in folder.glob("*.ckpt") if not p.is_symlink() and p.is_file()]
+    best = sorted(
+        (p for p in files if p.name != "last.ckpt" and not p.name.startswith("last-")),
         key=lambda p: p.stat().st_mtime,
         reverse=True,
     )
-    if not candidates and (folder / "last.ckpt").is_file():
-        candidates = [folder / "last.ckpt"]
-    if not candidates:
-        raise SegkitError(f"run directory '{run_dir}' has no checkpoints/*.ckpt; pass ckpt=<file.ckpt> instead")
-    return candidates[0]
+    last = [p for p in files if p.name == "last.ckpt"]
+    if not (best or last):
+        links = [p.name for p in folder.glob("*.ckpt") if p.is_symlink()]
+        hint = f" (links are not followed: {', '.join(links[:3])})" if links else ""
+        raise SegkitError(f"run folder '{run_dir}' has no checkpoints/*.ckpt file{hint}; pass ckpt=<file.ckpt> instead")
+    return (best or last)[0]
 
 
-def resolve_source(ckpt: str | Path | None, run_dir: str | Path | None = None) -> tuple[Path, DictConfig | None]:
-    """``ckpt`` (a file, or a run directory) or ``run_dir`` -> the checkpoint file and the run's saved
-    ``.hydra/config.yaml`` (None when there is none)."""
+def resolve_source(ckpt: str | Path | None, run_dir: str | Path | None = None) -> Path:
+    """``ckpt`` (a file, or a run folder) or ``run_dir`` (with an optional ``ckpt`` name inside its
+    ``checkpoints/``) -> the checkpoint file. A run folder's config is never read: the checkpoint describes itself."""
     if not ckpt and not run_dir:
         raise SegkitError("no model given: pass ckpt=path/to/file.ckpt or run_dir=logs/train/runs/<run>")
     path = Path(str(run_dir or ckpt)).expanduser()
     if path.is_dir():
-        saved = path / ".hydra" / "config.yaml"
-        config = OmegaConf.load(saved) if saved.is_file() else None
         if run_dir and ckpt:
-            ckpt_path = Path(str(ckpt)).expanduser()
-            if not ckpt_path.is_absolute() and not ckpt_path.is_file():
-                ckpt_path = path / "checkpoints" / ckpt_path
+            name = Path(str(ckpt)).expanduser()
+            ckpt_path = name if name.is_absolute() or name.is_file() else path / "checkpoints" / name
         else:
             ckpt_path = find_checkpoint(path)
         if not ckpt_path.is_file():
             raise SegkitError(f"ckpt='{ckpt_path}' does not exist")
-        return ckpt_path, config  # type: ignore[return-value]
+        return ckpt_path
     if not path.is_file():
         what = "run_dir" if run_dir else "ckpt"
         raise SegkitError(
-            f"{what}='{path}' does not exist; point it at a .ckpt file or a run directory (logs/train/runs/<run>)"
+            f"{what}='{path}' does not exist; point it at a .ckpt file or a run folder (logs/train/runs/<run>)"
         )
-    return path, None
+    return path
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """``torch.load(..., weights_only=True)`` on CPU, never anything else: a checkpoint is untrusted input, and
-    unpickling arbitrary objects would run whatever code the file names. segkit writes tensors and plain types
-    only, so its own checkpoints always load this way."""
-    path = Path(path)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise SegkitError(
-            f"cannot read checkpoint '{path}': it is not a segkit checkpoint or holds objects segkit will not "
-            f"unpickle ({type(err).__name__}); use a .ckpt written by src/train.py"
-        ) from None
+    """A checkpoint file as tensors and plain types (``checkpoint_io.read_torch_file``), refused in one line when
+    it is anything else: unpickling arbitrary objects would run whatever code the file names."""
+    checkpoint = read_torch_file(path)
     if not isinstance(checkpoint, dict):
         raise SegkitError(
             f"'{path}' holds a {type(checkpoint).__name__}, not a segkit checkpoint; use a .ckpt written by src/train.py"
@@ -117,13 +119,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 def build_net(
     model_cfg: Mapping, num_classes: int, in_channels: int = 3, for_weights: bool = False, source: str = "model"
 ) -> nn.Module:
-    """Instantiate a ``conf/model`` config whose ``_target_`` is a segkit net or a torchvision model builder
-    (``check_net_config``); ``for_weights`` skips downloading pretrained backbones whose weights a checkpoint is
-    about to replace. ``source`` names where the config came from in errors."""
+    """Instantiate a ``conf/model`` config of the user's (their own files and command line, so Hydra builds it);
+    ``for_weights`` skips downloading pretrained backbones whose weights are about to be replaced. ``source`` names
+    where the config came from in errors. A stored config never comes here: see ``load_model``."""
     from segkit.models.module import split_model_config
 
     cfg, _ = split_model_config(model_cfg)
-    target = check_net_config(cfg, source)
+    target = str(cfg.get("_target_", ""))
     if for_weights:  # no download: the checkpoint's weights replace these
         cfg.update(
             {
@@ -152,108 +154,191 @@ def build_net(
         raise SegkitError(f"cannot build model '{target}': {type(cause).__name__}: {cause}") from err
 
 
-def _stored_table(config: Mapping) -> LabelTable | None:
-    table_cfg = (config.get("data") or {}).get("labels")
-    if not table_cfg:
-        return None
+def _offline(builder: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """The stored options with pretrained downloads off: the checkpoint's weights replace them."""
+    options = dict(options)
+    for key in ("pretrained", "pretrained_backbone"):
+        if key in options:
+            options[key] = False
+    if "weights_path" in options:
+        options["weights_path"] = None
+    is_torchvision = getattr(builder, "__module__", "").startswith("torchvision.")
+    for key in ("weights", "weights_backbone"):
+        if key in options or is_torchvision:
+            options[key] = None
+    return options
+
+
+@contextmanager
+def _module_budget(limit: int, source: str):
+    """Stop a stored config that would build far more layers than its checkpoint has tensors (a time and memory
+    sink even on the ``meta`` device)."""
+    count = [0]
+
+    def hook(module, name, submodule):
+        count[0] += 1
+        if count[0] > limit:
+            raise SegkitError(f"{source}: the stored model config builds more than {limit} layers for its weights")
+
+    handle = torch.nn.modules.module.register_module_module_registration_hook(hook)
     try:
-        return LabelTable.from_config(table_cfg)
-    except SegkitError:
-        return None
+        yield
+    finally:
+        handle.remove()
 
 
-def _labels(config: Mapping, info: Mapping) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...], tuple]:
-    """Names, colours and source ids: stored with the checkpoint, else (older checkpoints) from the run config's
-    label table, else numbered classes in a generated palette."""
-    names = tuple(info.get("class_names") or ())
-    if names and info.get("colors") is not None:
-        colors = tuple(tuple(int(v) for v in c) for c in info["colors"])
-        source_ids = tuple(tuple(int(i) for i in ids) for ids in info.get("source_ids") or ())
-        return names, colors, source_ids
-    table = _stored_table(config)
-    if table is not None and (not names or tuple(table.names) == names):
-        return table.names, table.colors, table.source_ids
-    if not names and info.get("num_classes"):
-        names = tuple(str(i) for i in range(int(info["num_classes"])))
-    palette = LabelTable.from_config({"classes": [{"name": n} for n in names]}).colors if names else ()
-    return names, palette, ()
+def build_stored_net(
+    model_cfg: Any, state: Mapping[str, torch.Tensor], num_classes: int, in_channels: int, source: str
+) -> nn.Module:
+    """The net a checkpoint's stored ``model`` config describes, with ``state`` loaded: built through the registry
+    with checked keywords, on the ``meta`` device first, refused unless its tensors have exactly the stored shapes,
+    then built on the CPU (so what is allocated is what the file holds)."""
+    builder, options = net_options(model_cfg, source)
+    options = _offline(builder, options)
+    options["num_classes"] = num_classes
+    if not getattr(builder, "__module__", "").startswith("torchvision."):
+        options["in_channels"] = in_channels
+    elif in_channels != 3:
+        raise SegkitError(f"{source}: torchvision's builders take 3 input channels, not {in_channels}")
+
+    def construct() -> nn.Module:
+        with _module_budget(8 * len(state) + 512, source):
+            try:
+                return builder(**options)
+            except SegkitError:
+                raise
+            except Exception as err:  # a value of the wrong type or range: one line
+                first = (str(err).splitlines() or [type(err).__name__])[0][:300]
+                raise SegkitError(
+                    f"{source}: the stored model config does not build: {type(err).__name__}: {first}"
+                ) from None
+
+    with torch.device("meta"):
+        skeleton = construct()
+    check_weights_fit(skeleton, state, source, num_classes)
+    del skeleton
+    net = construct()
+    net.load_state_dict(state)
+    return net
 
 
-def _input_format(config: Mapping, info: Mapping) -> dict[str, Any]:
-    """Channels, mean/std and training input size: stored with the checkpoint, else from the run config."""
-    data = config.get("data") or {}
-    transform = data.get("val_transform") or {}
-    crop = (data.get("train_transform") or {}).get("crop_size")
-    size = info.get("input_size", crop)
+def _int(info: Mapping, key: str, source: str, low: int, high: int, default: Any = None) -> int:
+    value = info.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise SegkitError(f"{source}: segkit.{key}={value!r}; expected a whole number from {low} to {high}")
+    return value
+
+
+def _numbers(info: Mapping, key: str, source: str, count: int | None, default: Any) -> tuple[float, ...]:
+    value = info.get(key, default)
+    ok = isinstance(value, (list, tuple)) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    )
+    if not ok or (count is not None and len(value) != count):
+        raise SegkitError(f"{source}: segkit.{key}={value!r}; expected a list of {count or 'some'} numbers")
+    return tuple(float(v) for v in value)
+
+
+def describe_stored(info: Any, source: str) -> dict[str, Any]:
+    """The ``segkit`` record of a checkpoint, checked value by value before anything is built from it."""
+    info = plain_data(info, source, "segkit")
+    if not isinstance(info, dict):
+        raise SegkitError(f"{source}: 'segkit' is a {type(info).__name__}, not the mapping segkit checkpoints store")
+    num_classes = _int(info, "num_classes", source, 1, MAX_CLASSES)
+    names = info.get("class_names")
+    if not isinstance(names, list) or len(names) != num_classes or not all(isinstance(n, str) for n in names):
+        raise SegkitError(f"{source}: segkit.class_names must list {num_classes} class names")
+    colors = info.get("colors")
+    if (
+        not isinstance(colors, list)
+        or len(colors) != num_classes
+        or not all(
+            isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c) for c in colors
+        )
+    ):
+        raise SegkitError(f"{source}: segkit.colors must list {num_classes} [r, g, b] colours of 0-255")
+    source_ids = info.get("source_ids") or []
+    if (
+        not isinstance(source_ids, list)
+        or len(source_ids) not in (0, num_classes)
+        or not all(
+            isinstance(ids, list)
+            and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= 65535 for i in ids)
+            for ids in source_ids
+        )
+    ):
+        raise SegkitError(f"{source}: segkit.source_ids must list {num_classes} lists of ids from 0 to 65535")
+    in_channels = _int(info, "in_channels", source, 1, MAX_CHANNELS, 3)
+    size = info.get("input_size")
+    if size is not None and not (
+        isinstance(size, list)
+        and len(size) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SIZE for v in size)
+    ):
+        raise SegkitError(f"{source}: segkit.input_size={size!r}; expected null or [height, width] up to {MAX_SIZE}")
+    precision = info.get("precision")
+    if precision is not None and not isinstance(precision, str):
+        raise SegkitError(f"{source}: segkit.precision={precision!r}; expected a string such as 32-true")
     return {
-        "in_channels": int(info.get("in_channels") or data.get("in_channels") or 3),
-        "mean": tuple(float(v) for v in (info.get("mean") or transform.get("mean") or IMAGENET_MEAN)),
-        "std": tuple(float(v) for v in (info.get("std") or transform.get("std") or IMAGENET_STD)),
-        "input_size": (int(size[0]), int(size[1])) if size else None,
+        "num_classes": num_classes,
+        "class_names": tuple(names),
+        "colors": tuple(tuple(c) for c in colors),
+        "source_ids": tuple(tuple(ids) for ids in source_ids),
+        "ignore_index": _int(info, "ignore_index", source, 0, 255, 255),
+        "in_channels": in_channels,
+        "mean": _numbers(info, "mean", source, None, list(IMAGENET_MEAN)),
+        "std": _numbers(info, "std", source, None, list(IMAGENET_STD)),
+        "input_size": (size[0], size[1]) if size is not None else None,
+        "precision": precision,
     }
 
 
 def load_model(
     ckpt: str | Path | None = None, run_dir: str | Path | None = None, map_location: str | torch.device = "cpu"
 ) -> LoadedModel:
-    """The net of a checkpoint (its ``net.*`` weights), built from the model config stored with it.
+    """The net of a checkpoint (its ``net.*`` weights), rebuilt from the model config stored with it.
 
     Errors name the file and say what to do: missing file, not a segkit checkpoint, an architecture this
-    version does not know, weights that do not fit (e.g. a different number of classes).
+    version does not know, a stored value of the wrong kind, weights that do not fit (e.g. another class count).
     """
-    path, saved_config = resolve_source(ckpt, run_dir)
+    path = resolve_source(ckpt, run_dir)
+    source = f"checkpoint '{path}'"
     checkpoint = read_checkpoint(path)
-    hparams = checkpoint.get("hyper_parameters") or {}
-    config = dict(hparams)  # the config that trained these weights, resolved when they were saved
-    if not config.get("model") and saved_config is not None:  # older checkpoints: the run directory's config
-        try:
-            resolved = OmegaConf.to_container(saved_config, resolve=True)
-        except Exception:
-            resolved = None
-        config = dict(resolved) if isinstance(resolved, dict) else config
-    else:
-        saved_config = None
-    if "state_dict" not in checkpoint or not config.get("model"):
+    config = checkpoint.get("hyper_parameters")
+    state_dict = checkpoint.get("state_dict")
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict) or not isinstance(state_dict, dict):
         raise SegkitError(
-            f"'{path}' is not a segkit checkpoint (no state_dict or no model config in "
-            "hyper_parameters); use a .ckpt written by src/train.py"
+            f"'{path}' is not a segkit checkpoint (it needs a state_dict and hyper_parameters with a model config); "
+            "use a .ckpt written by src/train.py"
         )
-    source = f"checkpoint '{path}'" if saved_config is None else f"run config '{path.parent.parent}/.hydra'"
-    check_net_config(config["model"], source)
-    if config.get("data"):
-        check_data_config(config["data"], source)
-    info = checkpoint.get("segkit") or {}
-    state = {k[len("net.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
-    num_classes = int(info.get("num_classes") or _classifier_width(state))
-    inputs = _input_format(config, info)
-    net = build_net(config["model"], num_classes, inputs["in_channels"], for_weights=True, source=source)
-    check_weights_fit(net, state, path, num_classes)
-    net.load_state_dict(state)
-    names, colors, source_ids = _labels(config, info)
-    if len(names) != num_classes:
-        raise SegkitError(f"checkpoint '{path}' lists {len(names)} class names for {num_classes} classes")
+    if "segkit" not in checkpoint:
+        raise SegkitError(f"{source} has no 'segkit' record (class names, input format); re-save it with src/train.py")
+    facts = describe_stored(checkpoint["segkit"], source)
+    config = plain_data(config, source, "hyper_parameters")
+    state = {k[len("net.") :]: v for k, v in state_dict.items() if isinstance(k, str) and k.startswith("net.")}
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise SegkitError(f"{source}: state_dict holds values that are not tensors")
+    net = build_stored_net(config["model"], state, facts["num_classes"], facts["in_channels"], source)
+    mean, std = facts["mean"], facts["std"]
     return LoadedModel(
         net=net.eval().to(map_location),
         config=config,
-        class_names=names,
-        colors=colors,
-        ignore_index=int(info.get("ignore_index", 255)),
+        class_names=facts["class_names"],
+        colors=facts["colors"],
+        ignore_index=facts["ignore_index"],
         path=path,
-        source_ids=source_ids,
-        **inputs,
+        in_channels=facts["in_channels"],
+        mean=mean,
+        std=std,
+        input_size=facts["input_size"],
+        source_ids=facts["source_ids"],
+        precision=facts["precision"],
     )
 
 
-def _classifier_width(state: Mapping[str, torch.Tensor]) -> int:
-    """Fallback for checkpoints without ``segkit`` facts: the output channels of the last conv weight."""
-    convs = [v for k, v in state.items() if k.endswith("weight") and v.ndim == 4]
-    if not convs:
-        raise SegkitError("cannot tell the number of classes of this checkpoint")
-    return int(convs[-1].shape[0])
-
-
-def check_weights_fit(net: nn.Module, state: Mapping[str, torch.Tensor], path: Path, num_classes: int) -> None:
-    """A clear message instead of ``load_state_dict``'s wall of keys when the checkpoint is for another net."""
+def check_weights_fit(net: nn.Module, state: Mapping[str, torch.Tensor], source: str, num_classes: int) -> None:
+    """A clear message instead of ``load_state_dict``'s wall of keys when the checkpoint is for another net (works
+    on a ``meta``-device net: only names and shapes are compared)."""
     expected = net.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -276,7 +361,7 @@ def check_weights_fit(net: nn.Module, state: Mapping[str, torch.Tensor], path: P
     if unexpected:
         parts.append(f"{len(unexpected)} unexpected weight(s) (first: {unexpected[0]})")
     raise SegkitError(
-        f"checkpoint '{path}' does not fit its model config: "
+        f"{source} does not fit its model config: "
         + "; ".join(parts)
         + ". Was it written by another version of this architecture?"
     )

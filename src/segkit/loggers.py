@@ -15,6 +15,8 @@ from typing import Any
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
+from segkit import SegkitError
+
 
 class _ContinuingWriter(ExperimentWriter):
     """Appends to an existing ``metrics.csv`` instead of deleting it."""
@@ -23,6 +25,14 @@ class _ContinuingWriter(ExperimentWriter):
         if self._fs.isfile(self.metrics_file_path):
             with self._fs.open(self.metrics_file_path, "r", newline="") as file:
                 self.metrics_keys = list(csv.DictReader(file).fieldnames or [])
+
+    def save(self) -> None:
+        """Lightning's save, refused when a link was planted at the log's files since the run started (the run
+        folder was checked for links before it began; this closes the window after)."""
+        for path in (self.metrics_file_path, os.path.join(self.log_dir, self.NAME_HPARAMS_FILE)):
+            if os.path.islink(path):
+                raise SegkitError(f"'{path}' became a symbolic link during the run; segkit will not write through it")
+        super().save()
 
     def drop_rows_from(self, step: int, epoch: int) -> None:
         """Forget rows of steps the resumed run will log again: train rows from ``step`` on, epoch rows from

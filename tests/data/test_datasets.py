@@ -187,5 +187,6 @@ def test_errors_in_loader_workers_keep_the_message(tmp_path):
         "train", load_table({"classes": [{"name": n} for n in "abc"]}), root=root, ratios={"train": 1.0}
     )
     loader = torch.utils.data.DataLoader(TransformedDataset(dataset, eval_transforms()), batch_size=1, num_workers=1)
-    with pytest.raises(SegkitError, match=r"cannot read image '.*frame_0.jpg'"):
+    with pytest.raises(SegkitError, match=r"^cannot read image '.*frame_0.jpg'") as err:
         next(iter(loader))
+    assert "\n" not in str(err.value) and "Traceback" in err.value.worker_traceback  # the line, not torch's report

@@ -9,9 +9,13 @@ published layouts, learning) lives in its family's file.
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
+from segkit.models.module import SegmentationModule
+from segkit.precision import bf16_units
 from tests.models.net_checks import MODEL_CONFIGS, check_output_shapes, config_maker, model_config
 
 ODD_SIZE = (33, 45)
@@ -25,6 +29,33 @@ def test_net_keeps_the_output_contract(name):
     at the input size or a power-of-two fraction of it in train mode, one tensor in eval mode."""
     torch.manual_seed(0)
     check_output_shapes(config_maker(name), sizes=(ODD_SIZE,), in_channels=(4,))
+
+
+@pytest.mark.skipif(not bf16_units(), reason="no bf16 units: precision=auto never picks bf16 on this CPU")
+@pytest.mark.parametrize("name", MODEL_CONFIGS)
+def test_bf16_autocast_training_step(name):
+    """One training step (forward, main and auxiliary losses, backward, SGD update) under CPU bf16 autocast, what
+    ``trainer.precision=auto`` picks on a CPU with bf16 units: the convolutions compute in bf16 and the loss, the
+    gradients and the updated weights stay finite. Skipped where auto never picks bf16 (no bf16 units: there it is
+    emulated, ~50x slower, and would add minutes to the suite)."""
+    torch.manual_seed(0)
+    net = config_maker(name)(num_classes=5, in_channels=3)
+    module = SegmentationModule(net, torch.nn.CrossEntropyLoss(), partial(torch.optim.SGD, lr=0.01), num_classes=5)
+    conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    dtypes = []
+    conv.register_forward_hook(lambda m, args, out: dtypes.append(out.dtype))
+    images, masks = torch.randn(2, 3, 32, 32), torch.randint(0, 5, (2, 32, 32))
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
+    net.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, loss, _ = module._loss(net(images), masks)
+    assert dtypes and set(dtypes) == {torch.bfloat16} and logits.shape == (2, 5, 32, 32)
+    assert torch.isfinite(loss) and loss.dtype == torch.float32
+    loss.backward()
+    grads = [p.grad for p in net.parameters() if p.grad is not None]
+    assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+    optimizer.step()
+    assert all(torch.isfinite(p).all() for p in net.parameters())
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 from pathlib import Path
 
 from pytorch_lightning import Callback, LightningModule, Trainer
@@ -55,8 +56,11 @@ def plot_curves(csv_path: str | Path, png_path: str | Path) -> Path:
     fig.tight_layout()
     png_path = Path(png_path)
     png_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png_path)
+    png_path = Path(png_path)
+    tmp = png_path.with_name(f".{png_path.name}.tmp.png")
+    fig.savefig(tmp)
     plt.close(fig)
+    os.replace(tmp, png_path)  # replaces a link planted at the name instead of writing through it
     return png_path
 
 

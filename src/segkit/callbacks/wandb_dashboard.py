@@ -3,20 +3,26 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from segkit import SegkitError
 from segkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from segkit.inference import at_label_size
 from segkit.metrics import scores_from_confusion
 from segkit.models.blocks import resize_to
+
+log = logging.getLogger("segkit")
 
 MAX_TAG_LENGTH = 64  # W&B's limit
 UNTAGGED_OVERRIDES = ("paths.", "hydra.", "extras.", "callbacks.progress_bar", "trainer.enable_")
@@ -26,13 +32,53 @@ def wandb_logger(
     group: str | None = None, tags: Sequence[str] | None = None, name: str | None = None, **kwargs: Any
 ) -> WandbLogger:
     """``WandbLogger`` with ``group``/``tags``/``name`` filled from the Hydra run when not given: in a multirun,
-    the group is the sweep (its directory name) and the name the job's overrides; tags are the overrides."""
+    the group is the sweep (its directory name) and the name the job's folder (its number and overrides); tags are
+    the overrides."""
     labels = hydra_run_labels()
     tags = list(tags or []) + [t for t in labels.get("tags", []) if t not in (tags or [])]
     if kwargs.get("id") is None and kwargs.get("save_dir"):
         kwargs["id"] = run_id(Path(str(kwargs["save_dir"])))
         kwargs.setdefault("resume", "allow")
-    return WandbLogger(group=group or labels.get("group"), tags=tags or None, name=name or labels.get("name"), **kwargs)
+    logger = WandbLogger(
+        group=group or labels.get("group"), tags=tags or None, name=name or labels.get("name"), **kwargs
+    )
+    if logger._wandb_init.get("anonymous", "unset") is None:  # Lightning passes None, which wandb warns is deprecated
+        del logger._wandb_init["anonymous"]
+    return logger
+
+
+def check_wandb_login(offline: bool = False, key: str = "logger.wandb") -> None:
+    """Refuse in one line, before anything is built, a W&B logger that would log online without credentials (no
+    ``WANDB_API_KEY``, no ``wandb login`` in ~/.netrc): ``wandb.init`` would stop the run inside its first epoch with
+    a long traceback, or wait at a login prompt. Offline and disabled modes need none. Read through wandb's own
+    lookup of credentials, which does not touch the network."""
+    if offline or os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled"):
+        return
+    try:
+        from wandb.sdk import wandb_setup
+        from wandb.sdk.lib import wbauth
+
+        settings = wandb_setup.singleton().settings
+        if settings.mode in ("offline", "dryrun", "disabled") or settings._offline:
+            return
+        found = wbauth.authenticate_session(host=settings.base_url, source="segkit", prompt=False, update_session=False)
+    except (ImportError, AttributeError, TypeError):  # another wandb version: wandb.init says it itself
+        return
+    if found is None:
+        raise SegkitError(
+            f"{key}: no W&B login found; run `wandb login` once (or set WANDB_API_KEY), or log locally with "
+            "WANDB_MODE=offline and upload later with `wandb sync`"
+        )
+
+
+def report_offline_run(run: Any) -> None:
+    """After an offline W&B ``run`` has finished: where it was written and the command that uploads it (wandb's own
+    closing lines are gone with WANDB_SILENT or a quiet console)."""
+    settings = getattr(run, "settings", None)
+    if run is None or settings is None or not getattr(settings, "_offline", False):
+        return
+    folder = getattr(settings, "sync_dir", None) or str(Path(run.dir).parent)
+    log.info(f"W&B run saved offline in {folder}; upload it with: wandb sync {folder}")
 
 
 def run_id(run_dir: Path) -> str:
@@ -60,10 +106,11 @@ def hydra_run_labels() -> dict[str, Any]:
     if not HydraConfig.initialized():
         return {}
     hc = HydraConfig.get()
-    tags = overrides_to_tags(hc.overrides.task)
+    tags = overrides_to_tags(OmegaConf.to_container(hc.overrides.task, resolve=False))  # ${} as typed
     if hc.mode == RunMode.MULTIRUN:
         sweep = f"{hc.job.name}-{Path(hc.sweep.dir).name}"
-        return {"group": sweep, "name": hc.job.override_dirname or f"job{hc.job.num}", "tags": tags}
+        name = Path(hc.runtime.output_dir).name if hc.runtime.output_dir else ""  # the job folder: short, readable
+        return {"group": sweep, "name": name or hc.job.override_dirname or f"job{hc.job.num}", "tags": tags}
     return {"group": hc.job.name, "tags": tags}
 
 

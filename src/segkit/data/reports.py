@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
+from segkit import SegkitError
 from segkit.data.class_weights import ClassCounts, count_pixels, enet_weights, median_freq_weights
 from segkit.data.labels import LabelTable
 from segkit.visualize import colorize, legend_strip
@@ -21,18 +22,34 @@ CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 
 
 def compose_datamodule(overrides: Sequence[str], config_name: str = "train"):
-    """``SegmentationDataModule`` of ``conf/<config_name>.yaml`` + overrides, outside a Hydra run."""
+    """``SegmentationDataModule`` of ``conf/<config_name>.yaml`` + overrides, outside a Hydra run. A mistaken
+    override or data config is a ``SegkitError`` of one line, as for the entry points (``segkit.config_errors``)."""
     import hydra
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import open_dict
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=list(overrides))
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(Path.cwd())  # ${hydra:runtime.cwd} exists only inside a Hydra run
-    return hydra.utils.instantiate(cfg.data)
+    from segkit.cli import segkit_cause
+    from segkit.config_errors import explain_config_error
+
+    def composed(items: list[str]):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name=config_name, overrides=items)
+
+    try:
+        cfg = composed(list(overrides))
+        with open_dict(cfg):
+            cfg.paths.root_dir = str(Path.cwd())  # ${hydra:runtime.cwd} exists only inside a Hydra run
+        return hydra.utils.instantiate(cfg.data)
+    except Exception as err:
+        cause = segkit_cause(err)
+        if cause is not None:
+            raise cause from None
+        line = explain_config_error(err, list(overrides), composed)
+        if line is None:
+            raise
+        raise SegkitError(line) from None
 
 
 def image_sizes(dataset: Dataset, limit: int | None = None) -> Counter:
@@ -44,8 +61,14 @@ def image_sizes(dataset: Dataset, limit: int | None = None) -> Counter:
     pairs = getattr(dataset, "pairs", None)
     for i in range(n):
         if pairs is not None:
-            with Image.open(pairs[i][0]) as image:
-                w, h = image.size
+            try:
+                with Image.open(pairs[i][0]) as image:
+                    w, h = image.size
+            except OSError as err:  # PIL's UnidentifiedImageError among them
+                raise SegkitError(
+                    f"cannot read image '{pairs[i][0]}' ({type(err).__name__}): the file is empty, cut short or not "
+                    "an image; replace or remove it"
+                ) from None
         else:
             h, w = dataset[i][0].shape[:2]
         sizes[(int(h), int(w))] += 1

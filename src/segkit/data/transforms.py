@@ -70,6 +70,18 @@ class FocusCrop(A.CropNonEmptyMaskIfExists):
         return ("height", "width", "classes")
 
 
+MAX_SIDE = 8192  # pixels; larger sizes are typos (or hostile stored configs) that would allocate gigabytes
+
+
+def check_size(key: str, size: Sequence[int] | None) -> None:
+    """``[height, width]`` of positive whole numbers up to ``MAX_SIDE``, or None; one line naming the key."""
+    if size is None:
+        return
+    ok = isinstance(size, Sequence) and not isinstance(size, str) and len(size) == 2
+    if not ok or not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_SIDE for v in size):
+        raise SegkitError(f"{key}={size!r}; give [height, width] in pixels, each from 1 to {MAX_SIDE}")
+
+
 def train_transforms(
     crop_size: Sequence[int] | None = None,
     scale_range: Sequence[float] = (0.5, 2.0),
@@ -103,6 +115,8 @@ def train_transforms(
         )
     if not isinstance(focus_p, (int, float)) or not 0.0 <= float(focus_p) <= 1.0:
         raise SegkitError(f"data.train_transform.focus_p={focus_p}; use a probability in [0, 1]")
+    check_size("data.train_transform.crop_size", None if crop_size is None else list(crop_size))
+    check_size("data.train_transform.base_size", None if base_size is None else list(base_size))
     if crop == "resized" and crop_size is None:
         raise SegkitError("data.train_transform.crop=resized needs data.train_transform.crop_size=[h, w]")
     steps: list[A.BasicTransform] = []
@@ -170,6 +184,7 @@ def eval_transforms(
     std: Sequence[float] = IMAGENET_STD,
 ) -> A.Compose:
     """Normalise only, or resize first (masks by nearest neighbour)."""
+    check_size("data.val_transform.resize", None if resize is None else list(resize))
     steps: list[A.BasicTransform] = []
     if resize is not None:
         steps.append(

@@ -34,15 +34,18 @@ def torchvision_model(arch: str, pretrained: bool = False, weights_path: str | N
 
 def download_state_dict(arch: str, switch: str = "model.pretrained") -> dict[str, torch.Tensor]:
     """The DEFAULT weights of ``torchvision.models.<arch>`` through torchvision's weights API (cached); ``switch``
-    is the config key that turns the download off, named in the error."""
+    is the config key that turns the download off, named in the error with the key that takes the same file from
+    disk (``model.weights_path``: every net that downloads weights reads that file there)."""
     weights = torchvision.models.get_model_weights(arch).DEFAULT
     try:
         return weights.get_state_dict(progress=True, check_hash=True)
     except Exception as err:  # noqa: BLE001 - any download failure gets the same advice
+        file = weights.url.rsplit("/", 1)[-1]
+        reason = " ".join(f"{type(err).__name__}: {err}".split())
         raise SegkitError(
-            f"could not download {arch} weights ({weights.url}): {type(err).__name__}: {err}. Without internet, "
-            f"copy the file to $TORCH_HOME/hub/checkpoints/ or set model.weights_path=/path/to/state_dict.pth, "
-            f"or train from scratch with {switch}=false"
+            f"could not download {arch} weights ({weights.url}): {reason}. Without internet, copy {file} to "
+            f"{Path(torch.hub.get_dir()) / 'checkpoints'}/ ($TORCH_HOME/hub/checkpoints), or set "
+            f"model.weights_path=/path/to/{file}, or train from scratch with {switch}=false"
         ) from err
 
 
@@ -73,22 +76,19 @@ def _rename_legacy_key(key: str) -> str:
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict saved with ``torch.save`` (bare, or under a ``state_dict``/``model`` key)."""
+    """A state dict saved with ``torch.save`` (bare, or under a ``state_dict``/``model`` key), read as untrusted
+    data (``segkit.checkpoint_io.read_torch_file``: weights only, no compressed records)."""
+    from segkit.checkpoint_io import read_torch_file
+
     path = Path(path).expanduser()
     if not path.is_file():
         raise SegkitError(f"weights file '{path}' not found; fix model.weights_path")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001
-        raise SegkitError(
-            f"weights file '{path}' could not be read as tensors ({type(err).__name__}): it is not a state dict or "
-            f"holds objects segkit will not unpickle; save it with torch.save(model.state_dict())"
-        ) from None
+    state = read_torch_file(path, what="weights file", fix="save it with torch.save(model.state_dict())")
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
-    if not isinstance(state, dict):
-        raise SegkitError(f"weights file '{path}' holds a {type(state).__name__}, not a state dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise SegkitError(f"weights file '{path}' holds a {type(state).__name__} that is not a state dict of tensors")
     return state
 
 

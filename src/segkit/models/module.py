@@ -67,6 +67,8 @@ class SegmentationModule(LightningModule):
             loaded model describes itself.
     """
 
+    precision_reason: str | None = None  # why the run trains in its precision (segkit.precision); checkpointed
+
     def __init__(
         self,
         net: nn.Module,
@@ -125,9 +127,11 @@ class SegmentationModule(LightningModule):
         if not finite:
             self._stop_non_finite(float(loss.detach()))
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=images.shape[0])
-        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, batch_size=images.shape[0])
+        # epoch means over every process's batches (sync_dist), not rank 0's alone
+        size = images.shape[0]
+        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=size)
         for name, value in parts.items():
-            self.log(f"train/loss_{name}", value, on_step=False, on_epoch=True, batch_size=images.shape[0])
+            self.log(f"train/loss_{name}", value, on_step=False, on_epoch=True, sync_dist=True, batch_size=size)
         return loss
 
     def _eval_step(self, batch, metrics: SegmentationMetrics, prefix: str) -> None:
@@ -163,9 +167,10 @@ class SegmentationModule(LightningModule):
         self._eval_step(batch, self.test_metrics, "test")
 
     def _log_metrics(self, metrics: SegmentationMetrics, prefix: str) -> None:
-        scalars = metrics.named_scalars(prefix)  # already summed over processes
-        self.log_dict({k: v for k, v in scalars.items() if "/IoU/" not in k}, prog_bar=prefix == "val")
-        self.log_dict({k: v for k, v in scalars.items() if "/IoU/" in k})
+        # Already summed over processes, so equal on every rank: sync_dist's mean keeps them and tells Lightning so
+        scalars = metrics.named_scalars(prefix)
+        self.log_dict({k: v for k, v in scalars.items() if "/IoU/" not in k}, prog_bar=prefix == "val", sync_dist=True)
+        self.log_dict({k: v for k, v in scalars.items() if "/IoU/" in k}, sync_dist=True)
         metrics.reset()
 
     def on_validation_epoch_end(self) -> None:
@@ -233,17 +238,27 @@ class SegmentationModule(LightningModule):
             "class_names": list(self.class_names),
             "num_classes": self.num_classes,
             "ignore_index": self.ignore_index,
+            # a resume keeps it, eval/predict's precision=auto take it
+            "precision": str(self._trainer.precision) if self._trainer is not None else None,
+            "precision_reason": self.precision_reason,
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         states = checkpoint.get("rng_states")
-        if states:
+        if not states:
+            return
+        try:
             torch.set_rng_state(states["torch"])
             np.random.set_state(_plain_to_numpy_state(states["numpy"]))
-            random.setstate(states["python"])
+            random.setstate(tuple(states["python"]))
             cuda = states.get("cuda")
             if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
                 torch.cuda.set_rng_state_all(cuda)
+        except (TypeError, ValueError, KeyError, IndexError, RuntimeError, AttributeError) as err:
+            raise SegkitError(
+                f"the checkpoint's rng_states are malformed ({type(err).__name__}); resume from a last.ckpt "
+                "written by src/train.py"
+            ) from None
 
 
 def _channels_last_input(net: nn.Module, args: tuple) -> tuple:

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from segkit import SegkitError
 from segkit.inference import resolve_device
 from segkit.loading import build_net
+from segkit.precision import settle_inference_precision
 from segkit.profiling import latency_ms, model_config, model_names, size_and_flops
 
 log = logging.getLogger("segkit")
@@ -112,9 +113,10 @@ def benchmark_from_config(cfg: DictConfig) -> dict[str, float]:
     """``conf/benchmark.yaml`` onto ``benchmark``'s arguments."""
     timing = None
     if not cfg.flops_only:
+        device = resolve_device(cfg.device)
         timing = Timing(
-            device=resolve_device(cfg.device),
-            precision=str(cfg.precision),
+            device=device,
+            precision=settle_inference_precision(cfg.precision, device),
             channels_last=bool(cfg.channels_last),
             compile=bool(cfg.compile),
             compile_mode=cfg.compile_mode,

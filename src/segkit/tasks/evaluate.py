@@ -25,7 +25,8 @@ from segkit.data.datamodule import SegmentationDataModule, collate_eval
 from segkit.inference import Inference, at_label_size, predict_probs, resolve_device
 from segkit.loading import LoadedModel, load_model
 from segkit.metrics import SegmentationMetrics, scores_from_confusion
-from segkit.safe_config import check_data_config
+from segkit.precision import settle_inference_precision
+from segkit.safe_config import build_stored_data
 from segkit.tasks.train import instantiate_datamodule
 from segkit.visualize import colorize, save_confusion_png
 
@@ -37,14 +38,15 @@ def datamodule_for(
 ) -> SegmentationDataModule:
     """The ``chosen`` data config (a ``data=`` group), else the one the model was trained with; ``data_root``
     re-points its folder. Its label table must be the model's."""
-    data_cfg = OmegaConf.create(OmegaConf.to_container(chosen, resolve=True) if chosen else model.config.get("data"))
-    if not data_cfg:
+    if chosen:  # the user's own data= group: their config, built by Hydra
+        data_cfg = OmegaConf.create(OmegaConf.to_container(chosen, resolve=True))
+        if data_root:
+            data_cfg.root = str(data_root)
+        datamodule = instantiate_datamodule(data_cfg)
+    elif model.config.get("data"):  # the checkpoint's own: inert data, mapped onto segkit's data classes only
+        datamodule = build_stored_data(model.config["data"], f"checkpoint '{model.path}'", root=data_root)
+    else:
         raise SegkitError("the checkpoint stores no data config; choose one, e.g. data=camvid data.root=...")
-    if not chosen:  # the checkpoint's own data config: build only segkit's data classes from it
-        check_data_config(data_cfg, f"checkpoint '{model.path}'")
-    if data_root:
-        data_cfg.root = str(data_root)
-    datamodule = instantiate_datamodule(data_cfg)
     if datamodule.num_classes != model.num_classes:
         raise SegkitError(
             f"checkpoint '{model.path}' predicts {model.num_classes} classes but data '{datamodule.name}' has "
@@ -136,6 +138,7 @@ def evaluate_from_config(cfg: DictConfig) -> dict[str, float]:
     """``conf/eval.yaml`` onto ``evaluate``'s arguments."""
     device = resolve_device(cfg.device)
     model = load_model(cfg.ckpt, cfg.run_dir, map_location=device)
+    precision = settle_inference_precision(cfg.precision, device, model)
     return evaluate(
         model,
         datamodule_for(model, cfg.get("data"), cfg.data_root),  # data: an optional group, absent by default
@@ -143,7 +146,7 @@ def evaluate_from_config(cfg: DictConfig) -> dict[str, float]:
         mode=hydra.utils.instantiate(cfg.inference),
         output_dir=Path(str(cfg.output_dir)),
         device=device,
-        precision=str(cfg.precision),
+        precision=precision,
         batch_size=int(cfg.batch_size),
         num_workers=int(cfg.num_workers),
         prediction_formats=list(cfg.prediction_formats) if cfg.save_predictions else None,

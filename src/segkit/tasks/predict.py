@@ -23,6 +23,7 @@ from segkit import SegkitError
 from segkit.data.datasets.base import read_image
 from segkit.inference import Inference, WholeImage, predict_probs, resolve_device
 from segkit.loading import LoadedModel, load_model
+from segkit.precision import settle_inference_precision
 from segkit.visualize import colorize, draw_legend, overlay, write_rgb
 
 log = logging.getLogger("segkit")
@@ -158,13 +159,14 @@ def predict_from_config(cfg: DictConfig) -> dict[str, float]:
     if not cfg.input:
         raise SegkitError("no input given: pass input=<image | folder | 'glob/*.png' | video.mp4>")
     device = resolve_device(cfg.device)
+    model = load_model(cfg.ckpt, cfg.run_dir, map_location=device)
     return predict(
-        load_model(cfg.ckpt, cfg.run_dir, map_location=device),
+        model,
         str(cfg.input),
         Path(str(cfg.output)).expanduser(),
         mode=hydra.utils.instantiate(cfg.inference),
         device=device,
-        precision=str(cfg.precision),
+        precision=settle_inference_precision(cfg.precision, device, model),
         batch_size=max(1, int(cfg.batch_size)),
         alpha=float(cfg.alpha),
         legend=str(cfg.legend),

@@ -13,14 +13,18 @@ import pytorch_lightning as pl
 import torch
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint, ModelSummary
 
 from segkit import SegkitError
+from segkit.callbacks.console import ModelSummary as SegkitModelSummary
+from segkit.checkpoint_io import SegkitCheckpointIO, check_resume_state
 from segkit.cli import segkit_cause
 from segkit.data.datamodule import SegmentationDataModule
 from segkit.files import atomic_write_text
-from segkit.loading import read_checkpoint
+from segkit.loading import check_weights_fit, read_checkpoint
 from segkit.losses import build_loss
 from segkit.models.module import SegmentationModule, split_model_config
+from segkit.precision import settle_training_precision, stored_training_precision
 from segkit.sync_batchnorm import CpuSyncBatchNorm
 
 log = logging.getLogger("segkit")
@@ -44,9 +48,15 @@ def build_datamodule(cfg: DictConfig) -> SegmentationDataModule:
 
 def instantiate_datamodule(data_cfg: DictConfig) -> SegmentationDataModule:
     """``data`` config -> data module; a ``SegkitError`` raised inside Hydra's instantiation surfaces as itself."""
+    return instantiate_user_config(data_cfg, _recursive_=True)
+
+
+def instantiate_user_config(cfg: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` of the user's own config; a ``SegkitError`` raised inside (a bad table, transform
+    key or weights file) surfaces as itself, so it stays one line."""
     try:
-        return hydra.utils.instantiate(data_cfg, _recursive_=True)
-    except InstantiationException as err:  # a bad table or transform key: its own one-line message
+        return hydra.utils.instantiate(cfg, **kwargs)
+    except InstantiationException as err:
         cause = segkit_cause(err)
         if cause is None:
             raise
@@ -63,10 +73,14 @@ def build_module(cfg: DictConfig, datamodule: SegmentationDataModule) -> Segment
         )
     aux_weights = cfg.get("aux_weights")
     if aux_weights is not None:
+        if not isinstance(aux_weights, DictConfig):  # e.g. aux_weights=0.2: a weight without the head it is for
+            raise SegkitError(
+                f"aux_weights={aux_weights!r} is not a mapping: give each auxiliary head its loss weight, e.g. "
+                f"aux_weights={{aux:{aux_weights}}} (or ++aux_weights.aux={aux_weights}); leave it out for the net's "
+                "published weights"
+            )
         aux_weights = OmegaConf.to_container(aux_weights, resolve=True)
-        if not isinstance(aux_weights, dict):
-            raise SegkitError(f"aux_weights={aux_weights!r}; give output name -> weight, e.g. aux_weights={{aux:0.4}}")
-    net = hydra.utils.instantiate(net_cfg, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels)
+    net = instantiate_user_config(net_cfg, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels)
     loss = build_loss(cfg.loss, datamodule)
     scheduler = hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     if cfg.optimizer.get("_target_") == "segkit.optim.make_optimizer":  # a config written before the torch partials
@@ -89,14 +103,57 @@ def build_module(cfg: DictConfig, datamodule: SegmentationDataModule) -> Segment
     )
 
 
-def build_trainer(cfg: DictConfig, extra_callbacks: list | None = None) -> pl.Trainer:
+def build_trainer(cfg: DictConfig, extra_callbacks: list | None = None, train_batches: int | None = None) -> pl.Trainer:
+    """The Trainer of ``cfg.trainer`` with the configured callbacks and loggers. ``train_batches`` (per process and
+    epoch) caps ``log_every_n_steps``, so a short epoch still logs its steps (Lightning would warn instead). The
+    model summary is segkit's (``segkit.callbacks.ModelSummary``: no column of zero FLOPs)."""
     callbacks = instantiate_group(cfg.get("callbacks"), "callbacks") + list(extra_callbacks or [])
+    options: dict[str, Any] = {"enable_model_summary": False}
+    if cfg.trainer.get("enable_model_summary", True) and not any(isinstance(c, ModelSummary) for c in callbacks):
+        callbacks.append(SegkitModelSummary())
+    if train_batches:
+        options["log_every_n_steps"] = max(1, min(int(cfg.trainer.get("log_every_n_steps") or 50), train_batches))
     loggers = instantiate_group(cfg.get("logger"), "logger")
     sync_bn = resolve_sync_batchnorm(cfg.trainer)
-    extra = {"plugins": [CpuSyncBatchNorm()]} if sync_bn == "cpu" else {}
+    plugins: list[Any] = [CpuSyncBatchNorm()] if sync_bn == "cpu" else []
+    folders = [Path(c.dirpath) for c in callbacks if isinstance(c, ModelCheckpoint) and c.dirpath]
+    run_dir = cfg.trainer.get("default_root_dir")
+    plugins.append(SegkitCheckpointIO(folders, run_dir))  # resume and test read checkpoints as untrusted data
     return hydra.utils.instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, sync_batchnorm=sync_bn == "gpu", **extra
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        sync_batchnorm=sync_bn == "gpu",
+        plugins=plugins,
+        **options,
     )
+
+
+def train_batches_per_epoch(trainer_cfg: DictConfig, images: int, batch_size: int) -> int:
+    """Training batches each process runs per epoch, as Lightning will count them: the split shared among
+    ``world_size`` processes, incomplete batches dropped, then ``overfit_batches`` / ``limit_train_batches`` (an int
+    is a number of batches, a float a fraction)."""
+    batches = images // max(1, world_size(trainer_cfg)) // max(1, batch_size)
+    overfit = trainer_cfg.get("overfit_batches") or 0
+    for limit in (overfit if overfit else None, trainer_cfg.get("limit_train_batches")):
+        if isinstance(limit, bool) or limit is None:
+            continue
+        batches = min(batches, limit) if isinstance(limit, int) else int(batches * float(limit))
+    return batches
+
+
+def world_size(trainer_cfg: DictConfig) -> int:
+    """The processes ``trainer_cfg`` starts (devices x nodes), read from the config before any Trainer exists."""
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    devices = trainer_cfg.get("devices", 1)
+    if devices in (-1, "-1", "auto", None):
+        count = torch.cuda.device_count() if on_gpu else 1
+    elif isinstance(devices, (int, str)) and str(devices).isdigit():
+        count = int(devices)
+    else:  # a list of device ids, or "0,1"
+        count = len(devices) if not isinstance(devices, str) else len([d for d in devices.split(",") if d.strip()])
+    return max(1, count) * int(trainer_cfg.get("num_nodes", 1) or 1)
 
 
 def resolve_sync_batchnorm(trainer_cfg: DictConfig) -> str | None:
@@ -107,14 +164,7 @@ def resolve_sync_batchnorm(trainer_cfg: DictConfig) -> str | None:
         return None
     accelerator = str(trainer_cfg.get("accelerator", "auto"))
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    devices = trainer_cfg.get("devices", 1)
-    if devices in (-1, "-1", "auto", None):
-        count = torch.cuda.device_count() if on_gpu else 1
-    elif isinstance(devices, (int, str)) and str(devices).isdigit():
-        count = int(devices)
-    else:  # a list of device ids, or "0,1"
-        count = len(devices) if not isinstance(devices, str) else len([d for d in devices.split(",") if d.strip()])
-    if count * int(trainer_cfg.get("num_nodes", 1) or 1) <= 1:
+    if world_size(trainer_cfg) <= 1:
         return None
     return "gpu" if on_gpu else "cpu"
 
@@ -144,16 +194,31 @@ def _fit_and_test(cfg: DictConfig) -> dict[str, float]:
         pl.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "high"))
     ckpt_path = cfg.get("ckpt_path")
+    stored_precision, resumed = None, None
     if ckpt_path:
         if not Path(ckpt_path).is_file():
             raise SegkitError(f"ckpt_path='{ckpt_path}' does not exist; point it at a run's checkpoints/last.ckpt")
-        read_checkpoint(ckpt_path)  # a garbage or unsafe file fails here with one line, before any training
+        # a garbage or unsafe file fails here with one line, before any training; a resume keeps its precision
+        resumed = read_checkpoint(ckpt_path)
+        check_resume_state(resumed, f"ckpt_path '{ckpt_path}'")
+        stored_precision = stored_training_precision(resumed)
+    precision = settle_training_precision(cfg, stored_precision)  # Lightning has no "auto": chosen here, logged
     datamodule = build_datamodule(cfg)
+    datamodule.setup("fit")  # the data folder, its files and the label table are checked before any net is built
+    check_logger_logins(cfg.get("logger"))  # and a W&B login, before minutes of downloads and building
     module = build_module(cfg, datamodule)
+    module.precision_reason = precision[1]
+    if resumed is not None:  # one line, not Lightning's wall of keys, when the file is for another net
+        state = resumed.get("state_dict")
+        if not isinstance(state, dict):
+            raise SegkitError(f"ckpt_path '{ckpt_path}' has no state_dict; resume from a last.ckpt of src/train.py")
+        check_weights_fit(module, state, f"ckpt_path '{ckpt_path}'", datamodule.num_classes)
+        del resumed, state
     pruning = optuna_pruning(cfg)
-    trainer = build_trainer(cfg, extra_callbacks=[pruning] if pruning else [])
-    if cfg.get("compile"):  # Lightning unwraps the compiled module for checkpoints; first steps pay the compile
-        module = torch.compile(module)
+    train_batches = train_batches_per_epoch(cfg.trainer, len(datamodule.split_dataset("train")), datamodule.batch_size)
+    trainer = build_trainer(cfg, extra_callbacks=[pruning] if pruning else [], train_batches=train_batches)
+    if cfg.get("compile"):  # the net in place: metrics and logging stay eager, checkpoint keys unchanged
+        module.net.compile(backend=cfg.get("compile_backend") or "inductor")
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
@@ -177,9 +242,22 @@ def _fit_and_test(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         _report(metrics, best, cfg.get("optimized_metric"))
         write_result(
-            Path(trainer.default_root_dir), "pruned" if pruned else "completed", cfg.get("optimized_metric"), metrics
+            Path(trainer.default_root_dir),
+            "pruned" if pruned else "completed",
+            cfg.get("optimized_metric"),
+            metrics,
+            precision=precision,
         )
     return metrics
+
+
+def check_logger_logins(logger_cfg: DictConfig | None) -> None:
+    """A W&B logger that would log online needs a login: checked with the data, before the net is built."""
+    for name, item in (logger_cfg or {}).items():
+        if isinstance(item, DictConfig) and "wandb" in str(item.get("_target_", "")).lower():
+            from segkit.callbacks.wandb_dashboard import check_wandb_login
+
+            check_wandb_login(offline=bool(item.get("offline")), key=f"logger.{name}")
 
 
 def optuna_pruning(cfg: DictConfig):
@@ -196,9 +274,15 @@ def optuna_pruning(cfg: DictConfig):
 
 
 def write_result(
-    run_dir: Path, status: str, optimized: str | None, metrics: dict, error: BaseException | None = None
+    run_dir: Path,
+    status: str,
+    optimized: str | None,
+    metrics: dict,
+    error: BaseException | None = None,
+    precision: tuple[str, str] | None = None,
 ) -> None:
-    """``result.json``: how the run ended and its scores (written atomically)."""
+    """``result.json``: how the run ended, its scores and the precision it trained in, with why (written
+    atomically)."""
     value = metrics.get(f"best/{optimized}", metrics.get(optimized)) if optimized else None
     payload = {
         "status": status,
@@ -206,9 +290,35 @@ def write_result(
         "value": value,
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
     }
+    if precision is not None:
+        payload["precision"], payload["precision_reason"] = precision
+    overrides = _job_overrides()
+    if overrides is not None:
+        payload["overrides"] = overrides
     if error is not None:
-        payload["error"] = f"{type(error).__name__}: {error}".splitlines()[0][:1000]
+        cause = _real_cause(error)
+        payload["error"] = f"{type(cause).__name__}: {cause}".splitlines()[0][:1000]
     atomic_write_text(run_dir / "result.json", json.dumps(payload, indent=2, allow_nan=True))
+
+
+def _job_overrides() -> list[str] | None:
+    """The command line's overrides of this Hydra job, all of them (a sweep's folder name shows a rounded few)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return [str(o) for o in OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)]  # ${} as typed
+
+
+def _real_cause(error: BaseException) -> BaseException:
+    """What went wrong behind Hydra's "Error in call to target ..." wrapping: the ``SegkitError`` if there is one,
+    else the innermost explicit cause of an ``InstantiationException``."""
+    cause = segkit_cause(error)
+    if cause is not None:
+        return cause
+    while isinstance(error, InstantiationException) and error.__cause__ is not None:
+        error = error.__cause__
+    return error
 
 
 def _output_dir(cfg: DictConfig) -> Path | None:
@@ -228,7 +338,11 @@ def _finish_wandb(failed: bool) -> None:
     """End this job's W&B run, so the next job of a multirun starts its own (WandbLogger reuses ``wandb.run``)."""
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
+        from segkit.callbacks.wandb_dashboard import report_offline_run
+
+        run = wandb.run  # finish() clears wandb.run; its settings still say where it went
         wandb.finish(exit_code=1 if failed else 0)
+        report_offline_run(run)
 
 
 def _report(metrics: dict, best: str, optimized: str | None) -> None:

@@ -15,8 +15,12 @@ from torch.utils.data import Dataset
 
 from segkit import SegkitError
 from segkit.data.labels import LabelTable
+from segkit.data.transforms import MAX_SIDE
 
 CLASS_NAMES = ("background", "disc", "box", "triangle", "ring", "dotted_ellipse")
+
+
+MAX_SAMPLES = 100_000  # per split; each sample is generated on demand
 
 
 class SyntheticShapes(Dataset):
@@ -39,6 +43,15 @@ class SyntheticShapes(Dataset):
             if split not in num_samples:
                 raise SegkitError(f"data.dataset.num_samples has no entry for split '{split}'; add one")
             self.length = int(num_samples[split])
+        if not 0 <= self.length <= MAX_SAMPLES:
+            raise SegkitError(f"data.dataset.num_samples: {self.length} for '{split}'; use 0 to {MAX_SAMPLES}")
+        for key, value, high in (
+            ("height", height, MAX_SIDE),
+            ("width", width, MAX_SIDE),
+            ("max_objects", max_objects, 256),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= high:
+                raise SegkitError(f"data.dataset.{key}={value!r}; use a whole number from 1 to {high}")
         self.split, self.labels = split, labels
         self.height, self.width, self.max_objects, self.noise = height, width, max_objects, noise
         self.base_seed = zlib.crc32(f"{seed}/{split}".encode())

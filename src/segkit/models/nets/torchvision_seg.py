@@ -3,8 +3,10 @@
 torchvision returns an ``OrderedDict`` (``out`` and, with ``aux_loss``, ``aux``); here train mode returns
 that as a plain dict and eval mode the ``out`` tensor. ``pretrained_backbone`` (the configs' default) starts the
 trunk from torchvision's ImageNet weights, as segkit's own backbone nets do; ``pretrained`` loads torchvision's
-whole DEFAULT segmentation model (COCO with the 21 VOC classes) and ``weights_path`` a saved state dict of the same
-torchvision model; the class layers are re-initialised when ``num_classes`` differs.
+whole DEFAULT segmentation model (COCO with the 21 VOC classes); the class layers are re-initialised when
+``num_classes`` differs. ``weights_path`` reads either file from disk (without internet): a saved state dict of the
+same torchvision segmentation model, or of the ImageNet classifier its trunk was cut from (e.g. torchvision's
+``resnet50-*.pth``), told apart by its keys (only the segmentation model's start with ``backbone.``).
 """
 
 from __future__ import annotations
@@ -65,26 +67,32 @@ class TorchvisionSegmentation(nn.Module):
             kwargs["aux_loss"] = aux
         self.model = torchvision.models.get_model(arch, **kwargs)
         if weights_path:
-            self._load(load_state_dict_file(weights_path), arch, f"weights file '{weights_path}'")
+            state, source = load_state_dict_file(weights_path), f"weights file '{weights_path}'"
+            if any(k.startswith("backbone.") for k in state):
+                self._load(state, arch, source)
+            else:  # the ImageNet classifier's file: the trunk only
+                self._load_backbone(arch, state, source)
         elif pretrained:
             self._load(download_state_dict(arch), arch, f"torchvision's {arch} weights")
         elif pretrained_backbone:
             self._load_backbone(arch)
         replace_first_conv(self.model.backbone, in_channels)
 
-    def _load_backbone(self, arch: str) -> None:
-        """The trunk from the ImageNet classifier it was cut from; every trunk weight must be found there.
+    def _load_backbone(
+        self, arch: str, classifier: dict[str, torch.Tensor] | None = None, source: str | None = None
+    ) -> None:
+        """The trunk from the ImageNet classifier it was cut from (its state dict ``classifier``, else downloaded);
+        every trunk weight must be found there.
 
         Loaded here rather than through the builders' ``weights_backbone=`` so that it takes the same DEFAULT weights
         as segkit's own backbones and fails offline with segkit's one-line advice (``download_state_dict``)."""
         name, prefix = BACKBONES[arch]
-        state = {
-            k[len(prefix) :]: v
-            for k, v in download_state_dict(name, "model.pretrained_backbone").items()
-            if k.startswith(prefix)
-        }
+        if classifier is None:
+            classifier = download_state_dict(name, "model.pretrained_backbone")
+        state = {k[len(prefix) :]: v for k, v in classifier.items() if k.startswith(prefix)}
         own = self.model.backbone.state_dict()
-        load_into(self.model.backbone, {k: v for k, v in state.items() if k in own}, f"torchvision's {name} weights")
+        source = source or f"torchvision's {name} weights"
+        load_into(self.model.backbone, {k: v for k, v in state.items() if k in own}, source)
 
     def _load(self, state: dict[str, torch.Tensor], arch: str, source: str) -> None:
         """Load all but the class layers whose shape differs, and the aux head when only one side has it."""
