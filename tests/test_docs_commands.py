@@ -10,7 +10,6 @@
 - ``NotRunnable``: installs, uploads or the test suite itself, with the reason.
 
 A command shown in the docs but missing from ``COVERAGE`` fails, and so does a row whose command is no longer shown.
-A row marked ``pending`` documents behaviour that is being built: its check may fail (xfail) until the feature lands.
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ class Run:
     """A shrunk real run: the command's overrides plus ``shrink``, run through its entry point's task."""
 
     shrink: tuple[str, ...] = ()
-    pending: str | None = None
 
 
 @dataclass(frozen=True)
@@ -43,7 +41,6 @@ class Compose:
     """Composition only: the command's config must compose (``--cfg job``); ``why`` it cannot run here."""
 
     why: str
-    pending: str | None = None
 
 
 @dataclass(frozen=True)
@@ -52,13 +49,11 @@ class Covered:
 
     test: str
     needles: tuple[str, ...]
-    pending: str | None = None
 
 
 @dataclass(frozen=True)
 class NotRunnable:
     why: str
-    pending: str | None = None
 
 
 # The run the other real runs use: eval, predict and export read its checkpoint.
@@ -70,11 +65,9 @@ COVERAGE: dict[str, Run | Compose | Covered | NotRunnable] = {
     "python src/train.py model=fcn8_vgg data=cityscapes data.root=/data/cityscapes": Compose(
         "needs Cityscapes and the 528 MB VGG16 ImageNet download"
     ),
-    # pending: short job folder names (the covering test asserts today's override-named folders)
     "python src/train.py -m optimizer=adam,sgd,rmsprop": Covered(
         "tests/test_train.py::test_multirun_over_optimizers",
         ("-m", "optimizer=adam,sgd,rmsprop"),
-        pending="short job folder names",
     ),
     # --- install
     "make train": Compose("installs .venv, then trains for ~95 s: composed as the src/train.py it runs"),
@@ -104,11 +97,9 @@ COVERAGE: dict[str, Run | Compose | Covered | NotRunnable] = {
     "python src/train.py hparams_search=optimizer_sweep": Covered(
         "tests/test_sweeps.py::test_optimizer_sweep_2x2_and_summary_table", ("hparams_search=optimizer_sweep",)
     ),
-    # pending: short job folder names (the covering test asserts today's override-named folders)
     "python src/train.py hparams_search=optuna hydra.sweeper.n_trials=30": Covered(
         "tests/test_sweeps.py::test_optuna_sweep_maximises_val_miou",
         ("hparams_search=optuna", "hydra.sweeper.n_trials="),
-        pending="short job folder names",
     ),
     "python scripts/summarize_runs.py logs/train/multiruns/<time>": Covered(
         "tests/test_sweeps.py::test_optimizer_sweep_2x2_and_summary_table", ("summarize_runs.py",)
@@ -116,11 +107,9 @@ COVERAGE: dict[str, Run | Compose | Covered | NotRunnable] = {
     # --- W&B
     "wandb login": NotRunnable("asks for a W&B account's API key and reaches wandb.ai"),
     "python src/train.py logger=wandb": Compose("online W&B needs a login and the network"),
-    # pending: W&B offline prints the `wandb sync` line (the README says it does)
     "WANDB_MODE=offline python src/train.py logger=wandb": Covered(
         "tests/test_sweeps.py::test_one_wandb_run_per_sweep_job_and_resume_continues_it",
         ('"WANDB_MODE": "offline"', "logger=wandb"),
-        pending="W&B offline prints the wandb sync line",
     ),
     "wandb sync logs/train/runs/<run>/wandb/offline-run-*": NotRunnable("uploads to wandb.ai"),
     # --- cluster (README and docs/cluster.md)
@@ -151,10 +140,7 @@ COVERAGE: dict[str, Run | Compose | Covered | NotRunnable] = {
     "python src/train.py trainer.precision=32-true": Compose(
         "a full 16-epoch run; precision is tested in test_precision"
     ),
-    # pending: precision=auto (trainer.precision and eval/predict/benchmark precision)
-    "python src/benchmark.py 'models=[unet_small]' precision=auto": Compose(
-        "times at 512x1024", pending="precision=auto"
-    ),
+    "python src/benchmark.py 'models=[unet_small]' precision=auto": Compose("times at 512x1024"),
     # --- runs that survive
     "python src/train.py ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt": Covered(
         "tests/test_survival.py::test_resume_after_kill_9_continues_the_same_run_exactly", ("ckpt_path=",)
@@ -387,8 +373,6 @@ def test_command_is_covered(command, request, tmp_path, monkeypatch):
         if call is not None:
             assert compose_jobs(*call) >= 1
     except Exception:
-        if how.pending:
-            pytest.xfail(f"pending: {how.pending}")
         raise
 
 

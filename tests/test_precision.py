@@ -118,7 +118,12 @@ def test_auto_on_a_cpu(cpuinfo, expected, monkeypatch):
 @pytest.mark.parametrize(("bf16", "expected"), [(True, "bf16-mixed"), (False, "16-mixed")])
 def test_auto_on_a_gpu(bf16, expected, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+
+    def native_bf16(including_emulation: bool = True) -> bool:
+        """A V100/T4 answers True with emulation counted: only bf16 units count for auto."""
+        return bf16 or including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", native_bf16)
     for accelerator in ("gpu", "cuda", "auto", torch.device("cuda", 1)):
         chosen, reason = resolve_precision("auto", accelerator, cpuinfo=EPYC_ROME)
         assert chosen == expected and "GPU" in reason

@@ -773,3 +773,51 @@ def test_a_link_planted_during_the_run_is_not_written_through(trained, tmp_path)
     with pytest.raises(SegkitError, match="became a symbolic link during the run"):
         logger.save()
     assert victim.read_text() == "precious\n"
+
+
+def test_a_legacy_weights_file_is_refused_with_the_command_that_converts_it(tmp_path):
+    """torchvision's oldest weights files (VGG, DenseNet) are in torch's legacy format: refused in one line that
+    gives the conversion, and the converted file loads."""
+    legacy = tmp_path / "vgg16-397923af.pth"
+    torch.save({"features.0.weight": torch.ones(2, 3)}, legacy, _use_new_zipfile_serialization=False)
+    with pytest.raises(SegkitError, match="legacy \\(pre-1.6\\) format") as err:
+        load_state_dict_file(legacy)
+    message = str(err.value)
+    assert "\n" not in message
+    command = message.split('python -c "', 1)[1].split('"', 1)[0]
+    subprocess.run([sys.executable, "-c", command], check=True, timeout=120)
+    assert load_state_dict_file(legacy.with_suffix(".pt"))["features.0.weight"].sum() == 6
+
+
+def test_a_planted_best_checkpoint_inside_the_run_is_not_trusted(tmp_path):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for name in ("epoch_002.ckpt", "planted.ckpt"):
+        (folder / name).write_bytes(b"x")
+    own = str(folder / "epoch_002.ckpt")
+    honest = {"best_model_path": own, "best_model_score": torch.tensor(0.5), "best_k_models": {own: torch.tensor(0.5)}}
+    state = {"cb": dict(honest)}
+    assert sanitize_callback_state({"callbacks": state}, [folder], "t") == [] and state["cb"]["best_model_path"] == own
+    planted = {**honest, "best_model_path": str(folder / "planted.ckpt"), "best_model_score": torch.tensor(1e9)}
+    state = {"cb": planted}
+    assert len(sanitize_callback_state({"callbacks": state}, [folder], "t")) == 1
+    assert state["cb"]["best_model_path"] == "" and state["cb"]["best_model_score"] is None
+
+
+def test_eval_on_a_run_trained_with_a_table_file_uses_the_stored_table(tmp_path):
+    """A run trained with data.labels=<file> (extending a shipped table through base) stores the expanded table, so
+    eval on the checkpoint alone rebuilds its data with no table file and follows no path."""
+    table = tmp_path / "mine.yaml"
+    table.write_text("base: synthetic\nname: mine\nunknown: ignore\n")
+    run = tmp_path / "run"
+    cfg = compose_config(
+        "train", TINY + ["debug=limit", "test=false", *SMALL_UNET, f"data.labels={table}"], output_dir=run
+    )
+    metrics = train(cfg)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    labels = ckpt["hyper_parameters"]["data"]["labels"]
+    assert isinstance(labels, dict) and "base" not in labels and labels["unknown"] == "ignore"
+    table.unlink()  # nothing may read it any more
+    run_entry("eval", tmp_path, ckpt=run / "checkpoints" / "last.ckpt")
+    report = __import__("json").loads((tmp_path / "out_eval" / "metrics.json").read_text())
+    assert "ring" in report["IoU"] and report["mIoU"] == pytest.approx(metrics["val/mIoU"], abs=1e-6)

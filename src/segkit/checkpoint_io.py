@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import struct
 import zipfile
@@ -28,6 +29,8 @@ from segkit import SegkitError
 log = logging.getLogger("segkit")
 
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
+# how torch's legacy (non-zip) files begin: pickle protocol 2, then the magic number 0x1950a86a20f9469cfc6c
+_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"
 _CALLBACK_PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
 
 
@@ -39,7 +42,14 @@ def check_torch_archive(path: Path, what: str = "checkpoint") -> None:
     fix = "save it with torch.save"
     try:
         with open(path, "rb") as raw:
-            if raw.read(4) != b"PK\x03\x04":
+            start = raw.read(16)
+            if start.startswith(_LEGACY_MAGIC):
+                raise SegkitError(
+                    f"{what} '{path}' is in torch's legacy (pre-1.6) format, which declares its sizes before segkit "
+                    "can check them; if you trust it, convert it once with python -c \"import torch; torch.save("
+                    f"torch.load('{path}', weights_only=True), '{path.with_suffix('.pt')}')\" and use the .pt file"
+                )
+            if not start.startswith(b"PK\x03\x04"):
                 raise SegkitError(f"{what} '{path}' is not a torch.save file (no zip record at its start); {fix}")
             with zipfile.ZipFile(raw) as archive:
                 records = archive.infolist()
@@ -192,6 +202,10 @@ def sanitize_callback_state(checkpoint: dict, folders: list[Path], source: str) 
                 f"best_k_models[{p!r}]" for p in (best_k if isinstance(best_k, dict) else [best_k]) if p not in kept
             ]
             state["best_k_models"] = kept
+        best = state.get("best_model_path")
+        if best and not _scored_among_best(best, state.get("best_model_score"), state.get("best_k_models")):
+            dropped.append(f"best_model_path={best!r} (its score is not the one its top-k list gives it)")
+            state["best_model_path"] = ""
         if not state.get("best_model_path"):
             state["best_model_score"] = None
     if dropped:
@@ -247,6 +261,15 @@ def check_resume_state(checkpoint: dict, source: str) -> None:
             raise SegkitError(f"{source}: callbacks[{str(name)[:40]!r}].patience={patience!r}; expected a count")
 
 
+def _scored_among_best(path: str, score: Any, best_k: Any) -> bool:
+    """A best checkpoint the run's callback wrote is in its top-k list with the same, finite score."""
+    try:
+        value, listed = float(score), float(best_k[path])
+    except (TypeError, ValueError, KeyError, RuntimeError):
+        return False
+    return math.isfinite(value) and value == listed
+
+
 class SegkitCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint I/O for a run whose checkpoints live in ``folders`` (its ``checkpoints/``).
 
@@ -256,9 +279,22 @@ class SegkitCheckpointIO(TorchCheckpointIO):
 
     def __init__(self, folders: list[str | Path], run_dir: str | Path | None = None) -> None:
         super().__init__()
-        self.folders = [Path(f) for f in folders]
-        # Lightning's own scratch checkpoints (ddp_spawn's .temp.ckpt) live in the run folder itself
-        self.removable = self.folders + ([Path(run_dir)] if run_dir else [])
+        self._folders = [Path(f) for f in folders]
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.trainer: Any = None  # set by segkit's build_trainer: checkpoint folders chosen at setup count too
+
+    @property
+    def folders(self) -> list[Path]:
+        """The run's checkpoint folders: those configured, and those Lightning chose (a ModelCheckpoint without a
+        ``dirpath`` gets one at setup)."""
+        chosen = [Path(c.dirpath) for c in getattr(self.trainer, "checkpoint_callbacks", []) if c.dirpath]
+        return list(dict.fromkeys(self._folders + chosen))
+
+    @property
+    def removable(self) -> list[Path]:
+        """Where files may be removed: the checkpoint folders, and the run folder itself for Lightning's own scratch
+        checkpoints (ddp_spawn's ``.temp.ckpt``)."""
+        return self.folders + ([self.run_dir] if self.run_dir else [])
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
         checkpoint = read_torch_file(path)
@@ -272,4 +308,5 @@ class SegkitCheckpointIO(TorchCheckpointIO):
         if _inside(str(path), self.removable) and str(path).endswith(".ckpt"):
             os.remove(path)
         elif os.path.lexists(str(path)):
-            log.warning(f"kept '{path}': segkit removes only files it wrote inside {self.folders[0]}")
+            where = ", ".join(str(f) for f in self.folders) or "the run's checkpoints folder"
+            log.warning(f"kept '{path}': segkit removes only checkpoint files inside {where}")

@@ -447,7 +447,7 @@ def _group_lines(picked: dict[str, Any]) -> list[str]:
             lines.append(f"{group} ({choice}): {', '.join(options)}")
         return lines
     except Exception:  # noqa: BLE001 - the help must show regardless
-        return ["$APP_CONFIG_GROUPS"]
+        return ["(the groups could not be listed here: --hydra-help lists them)"]
 
 
 def _register_resolvers() -> None:

@@ -64,7 +64,7 @@ def explain_config_error(
         if key and ("not in struct" in message or "Missing key" in message):
             return unknown_key(key, overrides, compose)
         if key:
-            return f"{key}: {message}"
+            return f"{key}: {message}; set {key} to a value of the kind it takes (--cfg job shows the composed config)"
     return None
 
 

@@ -127,14 +127,7 @@ def build_net(
     cfg, _ = split_model_config(model_cfg)
     target = str(cfg.get("_target_", ""))
     if for_weights:  # no download: the checkpoint's weights replace these
-        cfg.update(
-            {
-                k: None if k == "weights_path" else False
-                for k in ("pretrained", "pretrained_backbone", "weights_path")
-                if k in cfg
-            }
-        )
-        cfg.update({k: None for k in ("weights", "weights_backbone") if k in cfg or target.startswith("torchvision.")})
+        cfg = _offline(cfg, target.startswith("torchvision."))
     options: dict[str, Any] = {"num_classes": num_classes, "in_channels": in_channels}
     if target.startswith("torchvision."):  # torchvision's builders take RGB only and no in_channels
         if in_channels != 3:
@@ -154,15 +147,14 @@ def build_net(
         raise SegkitError(f"cannot build model '{target}': {type(cause).__name__}: {cause}") from err
 
 
-def _offline(builder: Any, options: dict[str, Any]) -> dict[str, Any]:
-    """The stored options with pretrained downloads off: the checkpoint's weights replace them."""
+def _offline(options: dict[str, Any], is_torchvision: bool) -> dict[str, Any]:
+    """Net options with pretrained downloads and weight files off: a checkpoint's weights replace them."""
     options = dict(options)
     for key in ("pretrained", "pretrained_backbone"):
         if key in options:
             options[key] = False
     if "weights_path" in options:
         options["weights_path"] = None
-    is_torchvision = getattr(builder, "__module__", "").startswith("torchvision.")
     for key in ("weights", "weights_backbone"):
         if key in options or is_torchvision:
             options[key] = None
@@ -194,7 +186,7 @@ def build_stored_net(
     with checked keywords, on the ``meta`` device first, refused unless its tensors have exactly the stored shapes,
     then built on the CPU (so what is allocated is what the file holds)."""
     builder, options = net_options(model_cfg, source)
-    options = _offline(builder, options)
+    options = _offline(options, getattr(builder, "__module__", "").startswith("torchvision."))
     options["num_classes"] = num_classes
     if not getattr(builder, "__module__", "").startswith("torchvision."):
         options["in_channels"] = in_channels
@@ -276,6 +268,12 @@ def describe_stored(info: Any, source: str) -> dict[str, Any]:
         and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SIZE for v in size)
     ):
         raise SegkitError(f"{source}: segkit.input_size={size!r}; expected null or [height, width] up to {MAX_SIZE}")
+    mean = _numbers(info, "mean", source, None, list(IMAGENET_MEAN))
+    std = _numbers(info, "std", source, None, list(IMAGENET_STD))
+    if len(mean) != len(std) or not min(3, in_channels) <= len(mean) <= max(3, in_channels):
+        raise SegkitError(
+            f"{source}: segkit.mean and segkit.std must each hold one value per input channel ({in_channels})"
+        )
     precision = info.get("precision")
     if precision is not None and not isinstance(precision, str):
         raise SegkitError(f"{source}: segkit.precision={precision!r}; expected a string such as 32-true")
@@ -286,8 +284,8 @@ def describe_stored(info: Any, source: str) -> dict[str, Any]:
         "source_ids": tuple(tuple(ids) for ids in source_ids),
         "ignore_index": _int(info, "ignore_index", source, 0, 255, 255),
         "in_channels": in_channels,
-        "mean": _numbers(info, "mean", source, None, list(IMAGENET_MEAN)),
-        "std": _numbers(info, "std", source, None, list(IMAGENET_STD)),
+        "mean": mean,
+        "std": std,
         "input_size": (size[0], size[1]) if size is not None else None,
         "precision": precision,
     }

@@ -126,7 +126,7 @@ def resolve_precision(
             note = "; this CPU has no bf16 units, so it runs slowly: give trainer.precision=32-true" if slow else ""
             return stored, f"auto on resume: the precision the checkpoint was trained with{note}"
     if device == "cuda":
-        if torch.cuda.is_bf16_supported():
+        if torch.cuda.is_bf16_supported(including_emulation=False):
             return "bf16-mixed", "auto on a GPU that supports bf16"
         return "16-mixed", "auto on a GPU without bf16 support: fp16 with loss scaling"
     if device == "cpu":
@@ -209,7 +209,7 @@ def resolve_inference_precision(
     if wanted == "fp32":
         return "fp32", f"auto: the run trained in {stored}"
     if device_type == "cuda":
-        ok = wanted == "fp16" or torch.cuda.is_bf16_supported()
+        ok = wanted == "fp16" or torch.cuda.is_bf16_supported(including_emulation=False)
     else:
         ok = device_type == "cpu" and wanted == "bf16" and bool(bf16_units(cpuinfo))
     if ok:

@@ -218,9 +218,15 @@ def build_stored_data(data_cfg: Any, source: str, root: str | None = None, key: 
         )
     labels = cfg.get("labels")
     if not isinstance(labels, dict):
-        raise SegkitError(f"{source}: {key}.labels must be the stored label table (a mapping with classes)")
+        raise SegkitError(
+            f"{source}: {key}.labels is not a stored label table; evaluate with your own data config instead, e.g. "
+            "data=folder data.root=... data.labels=my_table.yaml"
+        )
     if "base" in labels:
-        raise SegkitError(f"{source}: {key}.labels.base is not allowed in a stored label table; it must be whole")
+        raise SegkitError(
+            f"{source}: {key}.labels.base is not allowed in a stored label table (segkit stores it expanded); "
+            "evaluate with your own data config, e.g. data=<group> data.root=... data.labels=<table>"
+        )
     if root is not None:
         cfg["root"] = str(root)
     return _build(cfg, source, key)

@@ -47,7 +47,8 @@ def check_output_shapes(
 ) -> None:
     """B x K x H x W out for the given (odd and even) sizes and input channels, in train mode (``out``; auxiliary
     maps are B x K at the input size or ceil(size / 2**k), e.g. ICNet's label guidance at 1/16 and 1/8, and per-image outputs such as
-    EncNet's B x K ``se`` keep the batch) and in eval mode (one tensor)."""
+    EncNet's B x K ``se`` keep the batch) and in eval mode (one tensor). Returns the last net built."""
+    net = None
     for cin in in_channels:
         net = make_net(num_classes=num_classes, in_channels=cin)
         for h, w in sizes:
@@ -66,6 +67,7 @@ def check_output_shapes(
                 out = net(x)
             assert isinstance(out, torch.Tensor), type(out)
             assert out.shape == (batch, num_classes, h, w)
+    return net
 
 
 def fixed_batch(num_classes: int = 4, size: int = 64, batch: int = 2, in_channels: int = 3, seed: int = 0):

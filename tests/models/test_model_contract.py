@@ -26,29 +26,27 @@ RUN_SHRINK = ("data.dataset.height=32", "data.dataset.width=32", "data.batch_siz
 @pytest.mark.parametrize("name", MODEL_CONFIGS)
 def test_net_keeps_the_output_contract(name):
     """RGB-D input (``in_channels=4``) of odd size: ``B x K x H x W`` logits, a dict with ``out`` and auxiliary maps
-    at the input size or a power-of-two fraction of it in train mode, one tensor in eval mode."""
+    at the input size or a power-of-two fraction of it in train mode, one tensor in eval mode. Then, where the CPU
+    has bf16 units, the same net takes one bf16-autocast training step (what ``precision=auto`` picks there)."""
     torch.manual_seed(0)
-    check_output_shapes(config_maker(name), sizes=(ODD_SIZE,), in_channels=(4,))
+    net = check_output_shapes(config_maker(name), sizes=(ODD_SIZE,), in_channels=(4,))
+    if bf16_units():  # without them bf16 is emulated, ~50x slower, and auto never picks it
+        bf16_training_step(net, in_channels=4)
 
 
-@pytest.mark.skipif(not bf16_units(), reason="no bf16 units: precision=auto never picks bf16 on this CPU")
-@pytest.mark.parametrize("name", MODEL_CONFIGS)
-def test_bf16_autocast_training_step(name):
-    """One training step (forward, main and auxiliary losses, backward, SGD update) under CPU bf16 autocast, what
-    ``trainer.precision=auto`` picks on a CPU with bf16 units: the convolutions compute in bf16 and the loss, the
-    gradients and the updated weights stay finite. Skipped where auto never picks bf16 (no bf16 units: there it is
-    emulated, ~50x slower, and would add minutes to the suite)."""
-    torch.manual_seed(0)
-    net = config_maker(name)(num_classes=5, in_channels=3)
+def bf16_training_step(net: torch.nn.Module, in_channels: int) -> None:
+    """One training step (forward, main and auxiliary losses, backward, SGD update) under CPU bf16 autocast: the
+    convolutions compute in bf16 and the loss, the gradients and the updated weights stay finite."""
     module = SegmentationModule(net, torch.nn.CrossEntropyLoss(), partial(torch.optim.SGD, lr=0.01), num_classes=5)
     conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
     dtypes = []
-    conv.register_forward_hook(lambda m, args, out: dtypes.append(out.dtype))
-    images, masks = torch.randn(2, 3, 32, 32), torch.randint(0, 5, (2, 32, 32))
+    hook = conv.register_forward_hook(lambda m, args, out: dtypes.append(out.dtype))
+    images, masks = torch.randn(2, in_channels, 32, 32), torch.randint(0, 5, (2, 32, 32))
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
     net.train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits, loss, _ = module._loss(net(images), masks)
+    hook.remove()
     assert dtypes and set(dtypes) == {torch.bfloat16} and logits.shape == (2, 5, 32, 32)
     assert torch.isfinite(loss) and loss.dtype == torch.float32
     loss.backward()

@@ -30,7 +30,10 @@ class ValidateAtTimeLimit(Callback):
         if timer is None or not every or every <= 1:
             return
         remaining = timer.time_remaining()
-        if remaining is not None and remaining <= max(0.2, 2 * self._step_seconds):
+        switch = remaining is not None and remaining <= max(0.2, 2 * self._step_seconds)
+        if trainer.world_size > 1:  # rank 0 decides for all, as Lightning's Timer does: ranks must validate together
+            switch = bool(trainer.strategy.broadcast(switch))
+        if switch:
             trainer.check_val_every_n_epoch = 1
             self._switched = True
 

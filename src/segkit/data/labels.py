@@ -125,6 +125,23 @@ class LabelTable:
         """Whether RGB-coded masks can be decoded with this table."""
         return len(self._color_codes) > 0
 
+    def to_config(self) -> dict:
+        """The table in its expanded YAML form, every ``base``, ``merge`` and zero-label step already applied:
+        ``from_config`` of it gives this table back. Checkpoints store this form, so a loaded model needs no table
+        file (and follows no path someone else's file names)."""
+        source_colors = list(self.source_colors) + [()] * (self.num_classes - len(self.source_colors))
+        return {
+            "name": self.name,
+            "classes": [
+                {"name": n, "color": list(c), "ids": list(ids), "source_colors": [list(x) for x in colors]}
+                for n, c, ids, colors in zip(self.names, self.colors, self.source_ids, source_colors, strict=True)
+            ],
+            "ignore_ids": list(self.ignore_ids),
+            "ignore_colors": [list(c) for c in self.ignore_colors],
+            "ignore_index": self.ignore_index,
+            "unknown": self.unknown,
+        }
+
     @classmethod
     def from_config(cls, cfg: Mapping) -> LabelTable:
         """Build from the YAML form.

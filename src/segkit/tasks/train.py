@@ -97,10 +97,22 @@ def build_module(cfg: DictConfig, datamodule: SegmentationDataModule) -> Segment
         ignore_index=datamodule.ignore_index,
         class_names=datamodule.class_names,
         aux_weights=aux_weights,
-        config=OmegaConf.to_container(cfg, resolve=True),
+        config=stored_run_config(cfg, datamodule),
         channels_last=bool(cfg.get("channels_last", False)),
         data_facts=datamodule.describe(),
     )
+
+
+def stored_run_config(cfg: DictConfig, datamodule: SegmentationDataModule) -> dict[str, Any]:
+    """The resolved run config a checkpoint stores, with the label table expanded in place (a table file, ``base``
+    or ``reduce_zero_label`` already applied), so eval and predict rebuild the data from the checkpoint alone."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    data = config.get("data")
+    if isinstance(data, dict) and "labels" in data:
+        data["labels"] = datamodule.labels.to_config()
+        if "reduce_zero_label" in data:
+            data["reduce_zero_label"] = None
+    return config
 
 
 def build_trainer(cfg: DictConfig, extra_callbacks: list | None = None, train_batches: int | None = None) -> pl.Trainer:
@@ -117,9 +129,9 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list | None = None, train_ba
     sync_bn = resolve_sync_batchnorm(cfg.trainer)
     plugins: list[Any] = [CpuSyncBatchNorm()] if sync_bn == "cpu" else []
     folders = [Path(c.dirpath) for c in callbacks if isinstance(c, ModelCheckpoint) and c.dirpath]
-    run_dir = cfg.trainer.get("default_root_dir")
-    plugins.append(SegkitCheckpointIO(folders, run_dir))  # resume and test read checkpoints as untrusted data
-    return hydra.utils.instantiate(
+    checkpoint_io = SegkitCheckpointIO(folders, cfg.trainer.get("default_root_dir"))
+    plugins.append(checkpoint_io)  # resume and test read checkpoints as untrusted data
+    trainer = hydra.utils.instantiate(
         cfg.trainer,
         callbacks=callbacks,
         logger=loggers or False,
@@ -127,6 +139,8 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list | None = None, train_ba
         plugins=plugins,
         **options,
     )
+    checkpoint_io.trainer = trainer
+    return trainer
 
 
 def train_batches_per_epoch(trainer_cfg: DictConfig, images: int, batch_size: int) -> int:
