@@ -427,5 +427,5 @@ def test_relative_links_resolve(doc):
 
 
 def test_anchor_slugs_follow_github():
-    page = ROOT / "README.md"
-    assert {"evaluate-predict-export-benchmark", "top-level-keys-of-srctrainpy"} <= anchors(page)
+    assert "evaluate-predict-export-benchmark" in anchors(ROOT / "README.md")
+    assert "top-level-keys-of-srctrainpy" in anchors(ROOT / "docs" / "training.md")

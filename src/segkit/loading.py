@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
 from torch import nn
@@ -119,32 +118,45 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 def build_net(
     model_cfg: Mapping, num_classes: int, in_channels: int = 3, for_weights: bool = False, source: str = "model"
 ) -> nn.Module:
-    """Instantiate a ``conf/model`` config of the user's (their own files and command line, so Hydra builds it);
-    ``for_weights`` skips downloading pretrained backbones whose weights are about to be replaced. ``source`` names
-    where the config came from in errors. A stored config never comes here: see ``load_model``."""
-    from segkit.models.module import split_model_config
+    """A ``conf/model`` choice (the user's own config, resolved here) built through the same registry and keyword
+    checks as a stored one; ``for_weights`` skips downloading pretrained backbones whose weights are about to be
+    replaced. ``source`` names where the config came from in errors."""
+    from omegaconf import DictConfig, OmegaConf
 
-    cfg, _ = split_model_config(model_cfg)
-    target = str(cfg.get("_target_", ""))
-    if for_weights:  # no download: the checkpoint's weights replace these
-        cfg = _offline(cfg, target.startswith("torchvision."))
-    options: dict[str, Any] = {"num_classes": num_classes, "in_channels": in_channels}
-    if target.startswith("torchvision."):  # torchvision's builders take RGB only and no in_channels
-        if in_channels != 3:
-            raise SegkitError(
-                f"{source}: {target} takes 3 input channels, not {in_channels}; use "
-                f"segkit.models.nets.torchvision_seg.TorchvisionSegmentation (model=tv_*) for other inputs"
-            )
-        options.pop("in_channels")
+    if isinstance(model_cfg, DictConfig):
+        model_cfg = OmegaConf.to_container(model_cfg, resolve=True)
+    builder, options = net_options(model_cfg, source)
+    options = _net_arguments(builder, options, num_classes, in_channels, for_weights, source)
+    return _construct(builder, options, source)
+
+
+def _net_arguments(
+    builder: Any, options: dict[str, Any], num_classes: int, in_channels: int, offline: bool, source: str
+) -> dict[str, Any]:
+    """The keyword arguments a registered builder gets: its options (downloads off when ``offline``), the class
+    count and, for segkit's nets, the input channels (torchvision's builders take RGB only)."""
+    is_torchvision = getattr(builder, "__module__", "").startswith("torchvision.")
+    options = _offline(options, is_torchvision) if offline else dict(options)
+    options["num_classes"] = num_classes
+    if not is_torchvision:
+        options["in_channels"] = in_channels
+    elif in_channels != 3:
+        raise SegkitError(
+            f"{source}: torchvision's builders take 3 input channels, not {in_channels}; use "
+            "segkit.models.nets.torchvision_seg.TorchvisionSegmentation (model=tv_*) for other inputs"
+        )
+    return options
+
+
+def _construct(builder: Any, options: dict[str, Any], source: str) -> nn.Module:
+    """``builder(**options)``; a value of the wrong type or range is one line naming where the config came from."""
     try:
-        return hydra.utils.instantiate(cfg, **options)
+        return builder(**options)
     except SegkitError:
         raise
-    except Exception as err:
-        cause = err.__cause__ or err
-        if isinstance(cause, SegkitError):
-            raise cause from None
-        raise SegkitError(f"cannot build model '{target}': {type(cause).__name__}: {cause}") from err
+    except Exception as err:  # noqa: BLE001 - any failure of the user's or the file's values: one line
+        first = (str(err).splitlines() or [type(err).__name__])[0][:300]
+        raise SegkitError(f"{source}: the model config does not build: {type(err).__name__}: {first}") from None
 
 
 def _offline(options: dict[str, Any], is_torchvision: bool) -> dict[str, Any]:
@@ -186,24 +198,11 @@ def build_stored_net(
     with checked keywords, on the ``meta`` device first, refused unless its tensors have exactly the stored shapes,
     then built on the CPU (so what is allocated is what the file holds)."""
     builder, options = net_options(model_cfg, source)
-    options = _offline(options, getattr(builder, "__module__", "").startswith("torchvision."))
-    options["num_classes"] = num_classes
-    if not getattr(builder, "__module__", "").startswith("torchvision."):
-        options["in_channels"] = in_channels
-    elif in_channels != 3:
-        raise SegkitError(f"{source}: torchvision's builders take 3 input channels, not {in_channels}")
+    options = _net_arguments(builder, options, num_classes, in_channels, True, source)
 
     def construct() -> nn.Module:
         with _module_budget(8 * len(state) + 512, source):
-            try:
-                return builder(**options)
-            except SegkitError:
-                raise
-            except Exception as err:  # a value of the wrong type or range: one line
-                first = (str(err).splitlines() or [type(err).__name__])[0][:300]
-                raise SegkitError(
-                    f"{source}: the stored model config does not build: {type(err).__name__}: {first}"
-                ) from None
+            return _construct(builder, options, source)
 
     with torch.device("meta"):
         skeleton = construct()
