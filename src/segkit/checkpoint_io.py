@@ -46,7 +46,7 @@ def check_torch_archive(path: Path, what: str = "checkpoint") -> None:
             if start.startswith(_LEGACY_MAGIC):
                 raise SegkitError(
                     f"{what} '{path}' is in torch's legacy (pre-1.6) format, which declares its sizes before segkit "
-                    "can check them; if you trust it, convert it once with python -c \"import torch; torch.save("
+                    'can check them; if you trust it, convert it once with python -c "import torch; torch.save('
                     f"torch.load('{path}', weights_only=True), '{path.with_suffix('.pt')}')\" and use the .pt file"
                 )
             if not start.startswith(b"PK\x03\x04"):
