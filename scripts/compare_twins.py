@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segkit.models.blocks import main_logits
+from segkit.profiling import count_params
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,7 @@ def build_segkit(name: str, overrides: tuple[str, ...], num_classes: int) -> nn.
     import yaml
     from omegaconf import OmegaConf
 
-    from segkit.loading import build_net
-    from segkit.profiling import model_config
+    from segkit.build import build_net, model_config
 
     cfg = model_config(name)
     for item in overrides:
@@ -143,10 +143,6 @@ def without_eval_aux(net: nn.Module) -> nn.Module:
     return net
 
 
-def params_m(net: nn.Module) -> float:
-    return sum(p.numel() for p in net.parameters()) / 1e6
-
-
 @dataclass
 class Row:
     segkit: str
@@ -179,7 +175,7 @@ def compare(pair: Pair, args: argparse.Namespace) -> Row:
         order = list(nets) if r % 2 == 0 else list(nets)[::-1]
         for side in order:
             train[side].append(time_train(nets[side], x, y, args.steps))
-    params = {k: params_m(v) for k, v in nets.items()}  # with auxiliary heads, as trained
+    params = {k: count_params(v) / 1e6 for k, v in nets.items()}  # with auxiliary heads, as trained
     nets["twin"] = without_eval_aux(nets["twin"])
     for r in range(args.rounds):
         order = list(nets) if r % 2 == 0 else list(nets)[::-1]

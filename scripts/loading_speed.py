@@ -23,7 +23,7 @@ from segkit.data.datamodule import SegmentationDataModule
 from segkit.data.datasets.camvid import CamVid
 from segkit.data.datasets.folder import ImageMaskFolder
 from segkit.data.labels import LabelTable
-from segkit.data.reports import CONF_DIR
+from segkit.files import conf_dir
 
 PIPELINES = {"camvid": ((360, 480), (352, 480), 8), "cityscapes": ((1024, 2048), (512, 1024), 4)}
 
@@ -58,13 +58,13 @@ def images_per_second(datamodule: SegmentationDataModule, epochs: int) -> float:
 
 
 def build(name: str, root: Path, workers: int, camvid: Path | None, limit: int) -> SegmentationDataModule:
-    from segkit.data.transforms import eval_transforms, train_transforms
+    from segkit.data.transforms import train_transforms
 
     _, crop, batch = PIPELINES[name]
     if name == "camvid" and camvid is not None:
         from omegaconf import OmegaConf
 
-        labels = LabelTable.from_config(OmegaConf.to_container(OmegaConf.load(CONF_DIR / "data/labels/camvid.yaml")))
+        labels = LabelTable.from_config(OmegaConf.to_container(OmegaConf.load(conf_dir() / "data/labels/camvid.yaml")))
         dataset, data_root = functools.partial(CamVid), str(camvid)
     else:
         labels = "binary"
@@ -74,8 +74,8 @@ def build(name: str, root: Path, workers: int, camvid: Path | None, limit: int) 
         labels=labels,
         splits={"train": "train"},
         root=data_root,
-        train_transform=train_transforms(crop_size=crop, scale_range=(0.5, 2.0)),
-        val_transform=eval_transforms(),
+        input={"crop_size": list(crop)},
+        train_transform=functools.partial(train_transforms, scale_range=(0.5, 2.0)),
         batch_size=min(batch, limit),
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),

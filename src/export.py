@@ -6,20 +6,7 @@
 `--help` lists the options. ONNX checking needs the `export` extra (onnx, onnxruntime).
 """
 
-from __future__ import annotations
-
-import hydra
-from omegaconf import DictConfig
-
-from segkit.cli import run_entry_point, run_task
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
-def main(cfg: DictConfig) -> float | None:
-    from segkit.tasks.export import export_from_config  # imported here so --help does not wait for torch
-
-    return run_task(export_from_config, cfg)
-
+from segkit.entry import export
 
 if __name__ == "__main__":
-    run_entry_point(main, "export")
+    export()

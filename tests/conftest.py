@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
+
+from segkit.build import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
@@ -60,16 +60,13 @@ def compose_config(
     output_dir: Path | None = None,
     return_hydra_config: bool = False,
 ) -> DictConfig:
-    """Compose ``conf/<config_name>.yaml`` with overrides, as the entry point would, outside a Hydra run."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=overrides or [], return_hydra_config=return_hydra_config)
+    """``segkit.build.compose`` (the entry point's config, outside a Hydra run), with ImageNet downloads off, the
+    checkout as ``paths.root_dir`` and ``output_dir`` as the run folder."""
+    cfg = compose(config_name, overrides or [], output_dir=output_dir, return_hydra_config=return_hydra_config)
     with open_dict(cfg):
-        cfg.paths.root_dir = str(ROOT)  # ${hydra:runtime.cwd} exists only inside a Hydra run
+        cfg.paths.root_dir = str(ROOT)
         offline_init(cfg.get("model"))
-    if output_dir is not None:
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(output_dir)
+        if output_dir is not None:
             cfg.paths.log_dir = str(output_dir)
     return cfg
 

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from pytorch_lightning import Callback
+
+from tests.conftest import ROOT, TINY
+
+# A short run: 3 epochs of tiny synthetic batches, 2 val batches, no test split, a U-Net 4 wide and 2 deep.
 
 
 class StopAfterEpoch(Callback):
@@ -93,3 +100,37 @@ class LearningRateTrace(Callback):
         if self.pending is not None:
             self.points.append((self.pending, trainer.optimizers[0].param_groups[0]["lr"]))
         Path(trainer.default_root_dir, "lr_trace.json").write_text(json.dumps(self.points))
+
+
+SHORT_RUN = [
+    *TINY,
+    "trainer.max_epochs=3",
+    "trainer.limit_val_batches=2",
+    "test=false",
+    "callbacks.early_stopping=null",
+    "model.base_width=4",
+    "model.depth=2",
+]
+
+
+def train_cli(args: list[str], cwd: Path, wait: bool = True, **kwargs):
+    """``python src/train.py <args>`` in ``cwd`` (its logs/ under it); ``wait=False`` returns the running process."""
+    env = {**os.environ, "SEGKIT_ROOT": str(cwd), "PYTHONPATH": str(ROOT), "NO_ALBUMENTATIONS_UPDATE": "1"}
+    cmd = [sys.executable, str(ROOT / "src" / "train.py"), *args]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, **kwargs)
+
+
+def run_dirs(root: Path) -> list[Path]:
+    """The run folders ``train_cli`` made under ``root``."""
+    return sorted((root / "logs" / "train" / "runs").iterdir())
+
+
+def spec_of(num_classes: int, **input_cfg):
+    """An input spec for ``num_classes`` classes named ``c0, c1, ...`` (a ``SegmentationModule`` needs one)."""
+    from segkit.data.input_spec import InputSpec
+    from segkit.data.labels import load_table
+
+    table = load_table({"name": "test", "classes": [{"name": f"c{i}", "ids": [i]} for i in range(num_classes)]})
+    return InputSpec.from_config(input_cfg, table, 3)

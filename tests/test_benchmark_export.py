@@ -9,9 +9,9 @@ import torch
 from omegaconf import open_dict
 
 from segkit import SegkitError
+from segkit.build import build_net, model_config
 from segkit.exporters import export_onnx, export_torchscript
-from segkit.loading import build_net
-from segkit.profiling import count_flops, model_config, size_and_flops
+from segkit.profiling import count_flops, size_and_flops
 from segkit.tasks.benchmark import benchmark_from_config
 from segkit.tasks.export import export_from_config
 from tests.conftest import CONF_DIR, compose_config
@@ -145,28 +145,28 @@ def test_torchscript_export_and_the_export_command(tmp_path):
         export_from_config(_cfg("export", tmp_path))
 
 
-def test_entry_points_live_in_src_and_the_old_script_paths_forward(tmp_path):
-    """``src/export.py`` and ``src/benchmark.py`` are the entry points; ``scripts/<name>.py`` command lines from before
-    the move run the same command (``--help`` does not import torch: a second each)."""
+def test_export_and_benchmark_entry_points_list_their_options(tmp_path):
+    """``src/export.py`` and ``src/benchmark.py`` are the entry points (``--help`` does not import torch: a second
+    each)."""
     import subprocess
     import sys
 
     from tests.conftest import ROOT
 
     for script, option in [("export", "format"), ("benchmark", "flops_only")]:
-        for path in (f"src/{script}.py", f"scripts/{script}.py"):
-            run = subprocess.run([sys.executable, path, "--help"], cwd=ROOT, capture_output=True, text=True)
-            assert run.returncode == 0 and option in run.stdout, (path, run.stderr[-500:])
+        path = f"src/{script}.py"
+        run = subprocess.run([sys.executable, path, "--help"], cwd=ROOT, capture_output=True, text=True)
+        assert run.returncode == 0 and option in run.stdout, (path, run.stderr[-500:])
 
 
 def test_exporting_an_untrained_backbone_net_downloads_nothing(tmp_path, monkeypatch):
     """``model=<name>`` exports an untrained net: its config's ImageNet default must not be fetched (offline here)."""
-    from segkit.models import backbones
+    from segkit.models.backbones import weights
 
     def offline(*_args, **_kwargs):
         raise AssertionError("export tried to download weights")
 
-    monkeypatch.setattr(backbones, "download_state_dict", offline)
+    monkeypatch.setattr(weights, "download_state_dict", offline)
     cfg = _cfg("export", tmp_path, "model=linknet_resnet18", "format=torchscript", "height=32", "width=32")
     with open_dict(cfg):
         cfg.model.pretrained = True  # the user's default, which the tests' compose turns off

@@ -88,7 +88,7 @@ def test_third_party_notices_are_filtered_by_their_exact_text(caplog):
 
 def test_log_every_n_steps_follows_the_batches_of_an_epoch(tiny_cfg):
     """Lightning warns when an epoch has fewer batches than log_every_n_steps: the trainer gets the smaller."""
-    from segkit.tasks.train import build_trainer, train_batches_per_epoch
+    from segkit.build import build_trainer, train_batches_per_epoch
 
     cfg = tiny_cfg("trainer.log_every_n_steps=10")
     assert build_trainer(cfg, train_batches=4).log_every_n_steps == 4
@@ -103,7 +103,7 @@ def test_log_every_n_steps_follows_the_batches_of_an_epoch(tiny_cfg):
 def test_epoch_level_values_are_logged_across_processes(tiny_cfg):
     """Every value logged per epoch is reduced over DDP processes (sync_dist): Lightning warns about each one that
     is not."""
-    from segkit.tasks.train import build_datamodule, build_module
+    from segkit.build import build_datamodule, build_module
 
     cfg = tiny_cfg("model=pspnet_resnet50", "model.backbone=resnet18")
     module = build_module(cfg, build_datamodule(cfg))
@@ -147,7 +147,7 @@ def test_help_shows_the_entry_points_own_usage():
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("Score a trained model: python src/eval.py ckpt=PATH"), lines[:3]
-    assert "inference (whole): resize, slide, tta, tta_slide, whole" in lines
+    assert "inference (none): resize, slide, tta, tta_slide, whole" in lines  # none: the net's own (its input spec)
     assert any("--hydra-help" in line for line in lines) and any("--cfg job" in line for line in lines)
     assert "ckpt: null" not in proc.stdout  # not the config dump
 

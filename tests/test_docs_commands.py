@@ -114,7 +114,7 @@ COVERAGE: dict[str, Run | Compose | Covered | NotRunnable] = {
     "wandb sync logs/train/runs/<run>/wandb/offline-run-*": NotRunnable("uploads to wandb.ai"),
     # --- cluster (README and docs/cluster.md)
     "sbatch scripts/sbatch_train.sh experiment=cityscapes_unet data.root=/data/cityscapes": Covered(
-        "tests/test_cluster.py::test_sbatch_template_starts_one_task_per_gpu_on_two_nodes",
+        "tests/test_distributed.py::test_sbatch_template_starts_one_task_per_gpu_on_two_nodes",
         ("sbatch_train.sh", "trainer=ddp"),
     ),
     "torchrun --standalone --nproc_per_node=4 src/train.py trainer=ddp": Compose("needs 4 GPUs"),
@@ -123,17 +123,17 @@ COVERAGE: dict[str, Run | Compose | Covered | NotRunnable] = {
         "needs 2 nodes of 4 GPUs"
     ),
     "torchrun --nproc_per_node=2 src/train.py trainer=ddp_cpu": Covered(
-        "tests/test_cluster.py::test_torchrun_two_processes_match_one_process_and_rank_0_writes",
+        "tests/test_distributed.py::test_torchrun_two_processes_match_one_process_and_rank_0_writes",
         ("--nproc_per_node=2", "trainer=ddp_cpu"),
     ),
     "python src/train.py -m hydra/launcher=slurm hydra.launcher.partition=gpu hydra.launcher.gpus_per_node=4 "
     "trainer=ddp optimizer=adam,sgd": Compose(
-        "needs a SLURM cluster; tests/test_cluster.py::test_slurm_launcher_config_submits_a_two_node_ddp_job checks "
+        "needs a SLURM cluster; tests/test_distributed.py::test_slurm_launcher_config_submits_a_two_node_ddp_job checks "
         "the sbatch script it submits"
     ),
     "python src/train.py hparams_search=optuna hydra/launcher=slurm hydra.launcher.partition=gpu "
     "hydra.sweeper.n_jobs=4": Compose(
-        "needs a SLURM cluster; tests/test_cluster.py::test_optuna_sweep_through_submitit_runs_two_ddp_trials_at_once "
+        "needs a SLURM cluster; tests/test_distributed.py::test_optuna_sweep_through_submitit_runs_two_ddp_trials_at_once "
         "runs the same sweep through submitit_local"
     ),
     # --- precision
@@ -143,7 +143,7 @@ COVERAGE: dict[str, Run | Compose | Covered | NotRunnable] = {
     "python src/benchmark.py 'models=[unet_small]' precision=auto": Compose("times at 512x1024"),
     # --- runs that survive
     "python src/train.py ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt": Covered(
-        "tests/test_survival.py::test_resume_after_kill_9_continues_the_same_run_exactly", ("ckpt_path=",)
+        "tests/test_resume.py::test_resume_after_kill_9_continues_the_same_run_exactly", ("ckpt_path=",)
     ),
     # --- the debug group
     "python src/train.py debug=fdr": Covered("tests/test_train.py::test_fast_dev_run_on_odd_sizes", ('"debug=fdr"',)),

@@ -144,28 +144,25 @@ def test_predict_on_a_video(trained, tmp_path):
     assert ok and frame.shape == (40, 48, 3)
 
 
-def test_a_loaded_model_describes_itself(trained, tmp_path):
-    """Labels and input format come from the checkpoint's own facts; a checkpoint written before they were stored
-    (label facts only, an optimizer config of the former make_optimizer) loads with the same facts from its config."""
+def test_a_checkpoint_stores_its_input_spec_once(trained, tmp_path):
+    """The input spec (label table, channels, normalisation, crop and eval sizes) is stored once, as
+    ``segkit.input``, and read back as is; a record without it is refused (no fallback to the run config)."""
     model = load_model(trained["last"])
-    expected = {
-        "class_names": ("background", "disc", "box", "triangle", "ring", "dotted_ellipse"),
-        "in_channels": 3,
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "input_size": None,  # synthetic data trains on whole images
-        "ignore_index": 255,
-    }
-    assert {k: getattr(model, k) for k in expected} == expected
-    assert len(model.colors) == len(model.source_ids) == 6
-    assert model.to_source_ids(np.array([[1, 255]])).tolist() == [[model.source_ids[1][0], 0]]
+    spec = model.spec
+    assert spec.class_names == ("background", "disc", "box", "triangle", "ring", "dotted_ellipse")
+    assert (spec.in_channels, spec.mean, spec.std) == (3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert (spec.crop_size, spec.eval_size, spec.ignore_index) == (None, None, 255)  # synthetic: whole images
+    assert model.to_source_ids(np.array([[1, 255]])).tolist() == [[spec.labels.source_ids[1][0], 0]]
 
     ckpt = torch.load(trained["last"], map_location="cpu", weights_only=True)
-    assert {"colors", "source_ids", "in_channels", "mean", "std", "input_size"} <= set(ckpt["segkit"])
-    partial = {k: ckpt["segkit"][k] for k in ("class_names", "num_classes", "ignore_index")}
-    torch.save(dict(ckpt, segkit=partial), tmp_path / "partial.ckpt")
-    with pytest.raises(SegkitError, match=r"partial.ckpt': segkit.colors must list 6 \[r, g, b\] colours") as err:
-        load_model(tmp_path / "partial.ckpt")  # no fallback to the stored run config: the record is the contract
+    assert set(ckpt["segkit"]) == {"input", "precision", "precision_reason"}
+    assert ckpt["segkit"]["input"] == spec.to_record()
+    data = ckpt["hyper_parameters"]["data"]
+    assert "input" not in data and data["labels"] == "synthetic"  # the run config names the table only
+    older = {"class_names": list(spec.class_names), "num_classes": 6, "ignore_index": 255}
+    torch.save(dict(ckpt, segkit=older), tmp_path / "older.ckpt")
+    with pytest.raises(SegkitError, match=r"older.ckpt': its 'segkit' record has no input spec") as err:
+        load_model(tmp_path / "older.ckpt")
     assert "\n" not in str(err.value)
 
 
@@ -181,14 +178,13 @@ def test_checkpoint_errors_are_one_clear_line(trained, tmp_path):
     with pytest.raises(SegkitError, match="unknown architecture 'segkit.models.nets.nope.Nope'.*update segkit"):
         load_model(tmp_path / "unknown.ckpt")
 
-    nine = {"num_classes": 9, "class_names": [str(i) for i in range(9)], "colors": [[0, 0, 0]] * 9}
-    nine["source_ids"] = [[i] for i in range(9)]
-    other = dict(ckpt, segkit={**ckpt["segkit"], **nine})
-    torch.save(other, tmp_path / "classes.ckpt")
+    nine = [{"name": str(i), "color": [0, 0, 0], "ids": [i]} for i in range(9)]
+    record = {**ckpt["segkit"]["input"], "labels": {**ckpt["segkit"]["input"]["labels"], "classes": nine}}
+    torch.save(dict(ckpt, segkit={**ckpt["segkit"], "input": record}), tmp_path / "classes.ckpt")
     with pytest.raises(SegkitError, match="other shapes .* for 9 classes"):
         load_model(tmp_path / "classes.ckpt")
 
-    with pytest.raises(SegkitError, match="predicts 6 classes but data 'camvid' has 11"):
+    with pytest.raises(SegkitError, match="the net predicts 6 classes but data 'camvid' has 11"):
         evaluate_from_config(eval_cfg(tmp_path, f"ckpt={trained['last']}", "data=camvid", f"data.root={tmp_path}"))
 
     renamed = [f"data.labels.classes.{i}.name=c{i}" for i in range(6)]

@@ -56,8 +56,8 @@ def shrink(cfg: DictConfig, tmp_path) -> None:
             cfg.data.root = str(CAMVID)
             cfg.data.merge_with(CAMVID_SMALL)
             cfg.data.train_transform.base_size = [90, 120]
-            cfg.data.train_transform.crop_size = [64, 64]
-            cfg.data.val_transform.resize = [64, 80]
+            cfg.data.input.crop_size = [64, 64]
+            cfg.data.input.eval_size = [64, 80]
         else:
             cfg.data = compose_config("train", SYNTHETIC, output_dir=tmp_path).data
             cfg.data.batch_size, cfg.data.val_batch_size = 2, 2
@@ -99,7 +99,7 @@ def test_recipes_hold_their_published_settings(tmp_path):
         compose_experiment(name, tmp_path)
     fcn = compose_experiment("cityscapes_fcn8_vgg", tmp_path)
     assert fcn.data.labels.name == "cityscapes_categories" and fcn.optimizer.lr == 1e-4
-    assert list(fcn.data.val_transform.resize) == [512, 1024]
+    assert list(fcn.data.input.eval_size) == list(fcn.data.input.crop_size) == [512, 1024]
     psp = compose_experiment("voc_pspnet_resnet101", tmp_path)
     assert psp.aux_weights.aux == 0.4 and "aux_weights" not in psp.model and psp.optimizer._target_ == "torch.optim.SGD"
     assert psp.scheduler._target_ == "segkit.optim.poly_lr"
@@ -111,4 +111,4 @@ def test_recipes_hold_their_published_settings(tmp_path):
     assert long.data.name == default.data.name == "synthetic" and long.model == default.model
     for name in ("ade20k_pspnet_resnet50", "ade20k_encnet_resnet50"):
         cfg = compose_experiment(name, tmp_path)
-        assert cfg.data.labels.name == "ade20k" and 384 <= cfg.data.train_transform.crop_size[0] <= 480
+        assert cfg.data.labels.name == "ade20k" and 384 <= cfg.data.input.crop_size[0] <= 480

@@ -7,7 +7,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from segkit.inference import MultiScale, Resized, SlidingWindow, WholeImage, predict_probs, window_starts
+from segkit.data.input_spec import InputSpec
+from segkit.data.labels import load_table
+from segkit.inference import MultiScale, Resized, SlidingWindow, WholeImage, mode_for, predict_probs, window_starts
 from segkit.models.nets.unet import UNet
 from segkit.visualize import colorize, confusion_figure, draw_legend, normalize_confusion, overlay
 from tests.conftest import compose_config
@@ -80,10 +82,14 @@ def test_multiscale_and_resize_return_input_size(net, images):
 
 @pytest.mark.parametrize("name", ["whole", "resize", "slide", "tta", "tta_slide"])
 def test_every_inference_config_instantiates_and_runs(name, net):
+    """Through ``mode_for`` as eval and predict build it: ``resize`` takes the net's eval size from its spec."""
     cfg = compose_config("eval", [f"inference={name}"])
-    mode = instantiate(cfg.inference)
+    spec = InputSpec.from_config({"eval_size": [16, 20]}, load_table("synthetic"), 3)
+    mode = mode_for(spec, instantiate(cfg.inference))
     probs = predict_probs(net, torch.randn(1, 3, 24, 40), mode)
     assert probs.shape == (1, 5, 24, 40)
+    if name == "resize":
+        assert repr(mode) == "Resized(size=(16, 20))"
 
 
 def test_visualize_helpers():

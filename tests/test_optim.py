@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from functools import partial
 
@@ -15,9 +16,12 @@ from segkit.optim import cosine_lr, optimizer_over_groups, param_groups, plateau
 from segkit.tasks.train import train
 from tests.conftest import compose_config
 from tests.helpers import read_csv_metrics
+from tests.models.net_checks import config_maker
 
 
 class Backboned(nn.Module):
+    """A user's net that is no ``SegmentationNet`` but declares its trunk the same way, as ``backbone``."""
+
     def __init__(self) -> None:
         super().__init__()
         self.backbone = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4))
@@ -51,7 +55,35 @@ def test_optimizer_configs_are_plain_torch_partials(tmp_path):
         optimizer_over_groups(partial(torch.optim.SGD, lr=0.1, name="torch.optim.SGD"), Backboned())
 
 
-def test_nets_without_backbone_and_plain_parameter_lists_are_one_lr():
+@pytest.mark.parametrize("name", ["pspnet_resnet50", "linknet_resnet18", "segnet", "tv_fcn_resnet50", "drn_c_26"])
+def test_the_backbone_groups_hold_the_trunk_the_net_declares(name):
+    """The ``backbone`` groups are exactly the parameters of the net's declared trunk (a ResNet, LinkNet's ResNet and
+    SegNet's VGG encoders, the trunk inside torchvision's model, DRN's own), at the base lr; everything else,
+    auxiliary heads included, is the head at ``lr * head_lr_mult``."""
+    with torch.device("meta"):
+        net = config_maker(name)(num_classes=3, in_channels=3)
+    groups = {g["name"]: g for g in param_groups(net, lr=0.01, weight_decay=1e-4, head_lr_mult=10.0)}
+    trunk = {id(p) for p in net.backbone.parameters()}
+    in_backbone = {id(p) for n in ("backbone", "backbone_no_decay") for p in groups[n]["params"]}
+    in_head = {id(p) for n in ("head", "head_no_decay") for p in groups[n]["params"]}
+    assert in_backbone == trunk and in_head == {id(p) for p in net.parameters()} - trunk
+    assert groups["backbone"]["lr"] == 0.01 and groups["head"]["lr"] == pytest.approx(0.1)
+    assert all(id(p) in in_head for head in net.aux_heads.values() for p in head.parameters())
+
+
+def test_nets_without_backbone_and_plain_parameter_lists_are_one_lr(caplog):
+    """A net trained from scratch declares no trunk; a user's net naming its trunk otherwise (``encoder``) is not
+    searched for one: both train at one lr, with a warning that ``head_lr_mult`` does not apply."""
+    with torch.device("meta"):
+        unet = config_maker("unet_small")(num_classes=3, in_channels=3)
+    encoded = nn.Module()
+    encoded.encoder, encoded.head = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 2, 1)
+    for net in (unet, encoded):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="segkit"):
+            groups = param_groups(net, lr=1e-3, head_lr_mult=10.0)
+        assert {g["name"] for g in groups} == {"head", "head_no_decay"} and {g["lr"] for g in groups} == {1e-3}
+        assert "declares no backbone; head_lr_mult=10.0 is not applied" in caplog.text
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
     groups = param_groups(net, lr=1e-3, weight_decay=0.1, head_lr_mult=10.0)
     assert {g["lr"] for g in groups} == {1e-3}

@@ -13,8 +13,8 @@ import torchvision
 from omegaconf import OmegaConf
 
 from segkit import SegkitError
+from segkit.build import instantiate_user_config
 from segkit.models.nets import torchvision_seg
-from segkit.tasks.train import instantiate_user_config
 
 from .conftest import CONF_DIR, compose_config
 

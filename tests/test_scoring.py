@@ -15,13 +15,14 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from segkit import SegkitError
+from segkit.build import build_datamodule
 from segkit.data.datamodule import SegmentationDataModule
-from segkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms
+from segkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from segkit.losses import CrossEntropyLoss
 from segkit.metrics import scores_from_confusion
 from segkit.models.module import SegmentationModule
 from segkit.tasks.evaluate import evaluate_from_config
-from segkit.tasks.train import build_datamodule, train
+from segkit.tasks.train import train
 from tests.conftest import TINY, compose_config
 
 COLORS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]], dtype=np.uint8)
@@ -61,12 +62,12 @@ def colour_net() -> nn.Module:
 
 
 def hand_scores(net: nn.Module, resize: tuple[int, int], downsampled_masks: bool) -> dict:
-    """The same pipeline written out: cv2 resize, normalise, net, bilinear upsampling, argmax, one confusion."""
+    """The same pipeline written out: normalise, bilinear resize, net, bilinear upsampling, argmax, one confusion."""
     confusion = np.zeros((3, 3), dtype=np.int64)
     mean, std = np.array(IMAGENET_MEAN) * 255, np.array(IMAGENET_STD) * 255
     for image, mask in Stripes("val", None).samples:
-        small = cv2.resize(image, (resize[1], resize[0]), interpolation=cv2.INTER_LINEAR)
-        x = torch.from_numpy(((small - mean) / std).astype(np.float32).transpose(2, 0, 1))[None]
+        full = torch.from_numpy(((image - mean) / std).astype(np.float32).transpose(2, 0, 1))[None]
+        x = F.interpolate(full, size=resize, mode="bilinear", align_corners=False)
         with torch.no_grad():
             logits = net(x)
         if downsampled_masks:
@@ -82,11 +83,9 @@ def hand_scores(net: nn.Module, resize: tuple[int, int], downsampled_masks: bool
 
 def validate(net: nn.Module, resize: tuple[int, int] | None, val_batch_size: int) -> dict:
     datamodule = SegmentationDataModule(
-        dataset=Stripes, labels=TABLE, val_transform=eval_transforms(resize=resize), val_batch_size=val_batch_size
+        dataset=Stripes, labels=TABLE, input={"eval_size": resize}, val_batch_size=val_batch_size
     )
-    module = SegmentationModule(
-        net, CrossEntropyLoss(), partial(torch.optim.SGD, lr=0.1), num_classes=3, class_names=("r", "g", "b")
-    )
+    module = SegmentationModule(net, CrossEntropyLoss(), partial(torch.optim.SGD, lr=0.1), spec=datamodule.spec)
     trainer = pl.Trainer(
         accelerator="cpu",
         logger=False,
@@ -116,7 +115,7 @@ def test_eval_scores_a_resized_run_at_full_resolution(tmp_path):
     """src/eval.py scores like validation did, and writes its predictions at the masks' size."""
     run = tmp_path / "run"
     overrides = ["debug=limit", "test=false", "model=unet_small", "model.base_width=4", "model.depth=2"]
-    metrics = train(compose_config("train", TINY + overrides + ["+data.val_transform.resize=[40,40]"], output_dir=run))
+    metrics = train(compose_config("train", TINY + overrides + ["data.input.eval_size=[40,40]"], output_dir=run))
     out = tmp_path / "eval"
     cfg = compose_config(
         "eval",
@@ -137,7 +136,7 @@ def test_a_non_default_ignore_index_works_end_to_end(tmp_path):
     overrides = [
         "data.labels.ignore_index=254",
         "+data.train_transform.rotate=40",
-        "data.train_transform.crop_size=[80,80]",
+        "data.input.crop_size=[80,80]",
         "debug=limit",
         "trainer.max_epochs=1",
         "test=false",
@@ -164,14 +163,15 @@ def test_an_ignore_index_masks_cannot_carry_is_refused(ignore_index):
         build_datamodule(cfg)
 
 
-def test_a_train_transform_filling_another_id_is_refused():
-    cfg = compose_config("train", TINY + ["data.labels.ignore_index=254", "data.train_transform.ignore_index=255"])
-    cfg.data.train_transform.crop_size = [80, 80]
-    datamodule = build_datamodule(cfg)  # eval never uses the train transform: only training refuses it
-    with pytest.raises(
-        SegkitError, match=r"fills masks with 255 .* ignores 254; set data.train_transform.ignore_index"
-    ):
-        datamodule.split_dataset("train")
+@pytest.mark.parametrize(
+    ("key", "owner"),
+    [("ignore_index=255", "the label table's ignore_index"), ("crop_size=[8,8]", "data.input.crop_size")],
+)
+def test_input_spec_keys_in_the_train_transform_are_refused(key, owner):
+    """The mask fill is the table's ignore id and the crop the input spec's: set there, never twice."""
+    cfg = compose_config("train", TINY + ["data.labels.ignore_index=254", f"+data.train_transform.{key}"])
+    with pytest.raises(SegkitError, match=rf"data.train_transform.{key.split('=')[0]} is set by {owner}; remove it"):
+        build_datamodule(cfg)
 
 
 def test_segkit_error_type_for_data_checks():

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from tests.conftest import ROOT, SMALL_RUN, TINY, compose_config
+from tests.helpers import SHORT_RUN, train_cli
 from tests.test_train import run_cli
 
 SMALL = [*SMALL_RUN, "data.batch_size=4", "data.val_batch_size=4", "debug=limit"]
@@ -229,3 +230,32 @@ def test_one_wandb_run_per_sweep_job_and_resume_continues_it(tmp_path):
     assert not (tmp_path / "logs" / "train" / "runs").exists()  # it continued in the job's own folder
     assert json.loads((run / "result.json").read_text())["status"] == "completed"
     assert len(list((run / "wandb").glob(f"offline-run-*-{run_id}"))) == 2  # both sessions logged to one run id
+
+
+def test_a_sweep_records_a_diverged_job_as_failed_and_goes_on(tmp_path):
+    """The diverged job fails alone; the summary lists both jobs with their status. An override holding a path
+    (paths.data_dir) no longer nests the job folders: '/' is replaced in their names."""
+    shrink = [o.split("=")[0] for o in SHORT_RUN]
+    args = [
+        "-m",
+        *(o for o in SHORT_RUN if not o.startswith("trainer.max_epochs")),
+        "optimizer=sgd",
+        "optimizer.lr=1e12,1e-2",
+        "trainer.max_epochs=2",
+        f"paths.data_dir={tmp_path}/data",
+        f"hydra.job.config.override_dirname.exclude_keys=[{','.join(shrink)},optimizer]",
+    ]
+    proc = train_cli(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    results = sorted(sweep.rglob("result.json"), key=lambda p: p.relative_to(sweep).as_posix())
+    assert len(results) == 2 and all(p.parent.parent == sweep for p in results)  # a path override nests nothing
+    assert [json.loads(p.read_text())["status"] for p in results] == ["failed", "completed"]
+    table = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "summarize_runs.py"), str(sweep)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "failed: NonFiniteLossError" in table and "completed" in table
+    assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == ["1", "0"]  # both jobs, best first

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from segkit.tasks.train import build_datamodule, build_module, train
+from segkit.build import build_datamodule, build_module
+from segkit.tasks.train import train
 from tests.conftest import ROOT, TINY
-from tests.helpers import val_rows
+from tests.helpers import run_dirs, train_cli, val_rows
 
 
 # every conf/model choice trains one batch in tests/models/test_model_contract.py; this one runs the whole path
@@ -38,73 +39,6 @@ def test_short_run_writes_checkpoints_and_csv(tiny_cfg, tmp_path):
     assert [r["epoch"] for r in rows] == [0, 1]
     assert {"val/mIoU", "val/pixAcc", "val/mAcc", "val/fwIoU", "val/loss", "val/IoU/disc"} <= set(rows[-1])
     assert "test/mIoU" in metrics and "best/val/mIoU" in metrics
-
-
-def test_resume_from_last_checkpoint_is_exact(tiny_cfg, tmp_path):
-    common = [
-        "trainer.max_epochs=2",
-        "trainer.limit_train_batches=3",
-        "trainer.limit_val_batches=2",
-        "test=false",
-        "callbacks.early_stopping=null",
-    ]
-    full = train(tiny_cfg(*common, f"paths.output_dir={tmp_path}/full"))
-    train(
-        tiny_cfg(*common, f"paths.output_dir={tmp_path}/cut", "+callbacks.stop._target_=tests.helpers.StopAfterEpoch")
-    )
-    cut_rows = val_rows(tmp_path / "cut" / "csv" / "metrics.csv")
-    assert [r["epoch"] for r in cut_rows] == [0]
-    last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
-    resumed = train(tiny_cfg(*common, f"paths.output_dir={tmp_path}/resumed", f"ckpt_path={last}"))
-    for key in ("val/mIoU", "val/loss", "val/pixAcc", "train/loss"):
-        assert resumed[key] == pytest.approx(full[key], rel=1e-5, abs=1e-6), key
-
-
-def test_missing_checkpoint_is_a_clear_error(tiny_cfg):
-    from segkit import SegkitError
-
-    with pytest.raises(SegkitError, match="ckpt_path='nope.ckpt' does not exist"):
-        train(tiny_cfg("debug=fdr", "ckpt_path=nope.ckpt"))
-
-
-def test_ddp_two_processes_match_one_process(tiny_cfg, tmp_path):
-    """2 CPU processes (gloo, trainer=ddp_sim with SyncBatchNorm) with batch 2 each train the same weights as 1
-    process with batch 4 (the same samples per step, BatchNorm over the global batch, averaged gradients), and
-    validate them to the same metrics."""
-    common = [
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=2",
-        "test=false",
-        "logger=csv",
-        "optimizer=sgd",
-        "data.dataset.num_samples={train: 16, val: 10, test: 8}",
-        "data.val_batch_size=2",
-    ]
-    ddp = train(tiny_cfg(*common, "trainer=ddp_sim", "data.batch_size=2", f"paths.output_dir={tmp_path}/ddp"))
-    ckpt = tmp_path / "ddp" / "checkpoints" / "last.ckpt"
-    assert ckpt.is_file()
-    cfg = tiny_cfg(*common, "data.batch_size=4", f"paths.output_dir={tmp_path}/single")
-    train(cfg)
-    trained = {
-        run: torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-        for run in ("ddp", "single")
-    }
-    assert trained["ddp"].keys() == trained["single"].keys()
-    moved = 0
-    for key, value in trained["single"].items():
-        assert torch.allclose(trained["ddp"][key].float(), value.float(), atol=2e-5), key
-        moved += "running_var" in key and not torch.allclose(value, torch.ones_like(value))
-    assert moved  # the BatchNorm statistics did update
-
-    dm = build_datamodule(cfg)
-    module = build_module(cfg, dm)
-    import pytorch_lightning as pl
-
-    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
-    (single,) = trainer.validate(module, datamodule=dm, ckpt_path=str(ckpt), weights_only=True)
-    for key in ("val/mIoU", "val/pixAcc", "val/mAcc", "val/fwIoU", "val/IoU/box"):
-        assert single[key] == pytest.approx(ddp[key], abs=1e-6), key
-    assert single["val/loss"] == pytest.approx(ddp["val/loss"], rel=1e-4)
 
 
 def run_cli(args: list[str], tmp_path: Path, timeout: int = 600, env_extra: dict | None = None):
@@ -152,3 +86,11 @@ def test_missing_test_split_skips_testing_and_keeps_the_run(tiny_cfg):
     metrics = train(tiny_cfg("debug=limit", "data.splits.test=nosuchsplit"))
     assert "val/mIoU" in metrics and Path(metrics["best_model_path"]).is_file()
     assert not any(k.startswith("test/") for k in metrics)
+
+
+def test_two_runs_started_together_get_their_own_directories(tmp_path):
+    args = [*TINY, "debug=fdr", "model.base_width=4", "model.depth=2"]
+    procs = [train_cli(args, tmp_path, wait=False) for _ in range(2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    runs = run_dirs(tmp_path)
+    assert len(runs) == 2 and all((r / "result.json").is_file() for r in runs)

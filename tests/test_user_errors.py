@@ -8,7 +8,6 @@ line holding what it names and the fix it gives: a message that merely repeats a
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -24,8 +23,11 @@ import pytest
 
 from segkit import SegkitError
 from segkit.cli import run_entry_point
+from segkit.entry import MAINS
+from segkit.tasks.train import train
 from tests.conftest import ROOT, SMALL_RUN, TINY, compose_config
 from tests.data import trees
+from tests.helpers import read_csv_metrics
 
 SMALL = [*SMALL_RUN, "data.batch_size=4", "data.val_batch_size=4"]
 
@@ -78,16 +80,6 @@ ROWS = {
 }
 
 
-def entry_module(name: str):
-    """``src/<name>.py`` as a module whose ``main`` Hydra treats as a script's (its config path is then relative to
-    the file, as when run with python)."""
-    spec = importlib.util.spec_from_file_location(f"segkit_entry_{name}", ROOT / "src" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main.__wrapped__.__module__ = "__main__"
-    return module
-
-
 @pytest.fixture
 def run_entry(tmp_path, monkeypatch, capfd):
     """``run_entry(entry, *args) -> (exit status, output)`` in this process, leaving logging and Hydra as found."""
@@ -103,7 +95,7 @@ def run_entry(tmp_path, monkeypatch, capfd):
         monkeypatch.setattr(sys, "argv", [f"{entry}.py", *args])
         capfd.readouterr()
         with warnings.catch_warnings(), pytest.raises(SystemExit) as stop:
-            run_entry_point(entry_module(entry).main, entry)
+            run_entry_point(MAINS[entry], entry)
         out, err = capfd.readouterr()
         return stop.value.code, out + err
 
@@ -143,7 +135,7 @@ def test_unknown_mask_value_met_in_a_loader_worker_is_one_line(run_entry, tmp_pa
     """The label table's complaint, raised in a DataLoader worker during the sanity check, reaches the user as the
     one line it was (not torch's rebuilt worker traceback), and result.json records it as the cause."""
     root = trees.folder_tree(tmp_path / "folder", n=6, rgb=False)  # ids 0..2, the binary table knows 0 and 1
-    args = ["data=folder", f"data.root={root}", "data.num_workers=1", "data.train_transform.crop_size=[32,32]"]
+    args = ["data=folder", f"data.root={root}", "data.num_workers=1", "data.input.crop_size=[32,32]"]
     status, output = run_entry("train", *args, *[o for o in SMALL if not o.startswith("data.dataset")])
     assert status == 1
     line = check_one_line(output, "mask value(s) [2] are not in label table 'binary'", "data.unknown_ids=ignore")
@@ -166,7 +158,9 @@ def test_the_data_folder_is_checked_before_any_net_is_built_or_downloaded(tmp_pa
     downloaded or built."""
     cfg = compose_config("train", ["data=camvid", f"data.root={tmp_path / 'nowhere'}", "model=fcn8_vgg"], tmp_path)
     cfg.model.pretrained = True  # as a user has it (the tests' compose turns downloads off)
-    download = mock.patch("segkit.models.backbones.download_state_dict", side_effect=AssertionError("downloaded"))
+    download = mock.patch(
+        "segkit.models.backbones.weights.download_state_dict", side_effect=AssertionError("downloaded")
+    )
     build = mock.patch("segkit.tasks.train.build_module", side_effect=AssertionError("net built"))
     from segkit.tasks.train import train
 
@@ -224,3 +218,49 @@ def test_dataset_script_on_a_mistyped_choice_suggests_the_closest(capsys):
 
     assert stats_main(["data=camvd"]) == 1
     check_one_line(capsys.readouterr().err, "data=camvd", "did you mean data=camvid")
+
+
+def test_a_broken_val_split_fails_in_the_sanity_check(tmp_path):
+    """Two val batches run before training: a corrupt val mask stops the run before the first training step."""
+    from tests.data import trees
+
+    root = trees.camvid_tree(tmp_path / "camvid", n=4)
+    (root / "valannot" / "0001TP_000000.png").write_bytes(b"\x89PNG broken")
+    run = tmp_path / "run"
+    cfg = __import__("tests.conftest", fromlist=["compose_config"]).compose_config(
+        "train",
+        [
+            "data=camvid",
+            f"data.root={root}",
+            "data.batch_size=2",
+            "data.val_batch_size=1",
+            "data.num_workers=0",
+            "data.input.crop_size=[16,16]",
+            "model.base_width=4",
+            "model.depth=2",
+            "trainer.max_epochs=1",
+            "trainer.accelerator=cpu",
+            "callbacks.progress_bar=null",
+            "extras.print_config=false",
+            "trainer.log_every_n_steps=1",
+            "test=false",
+        ],
+        output_dir=run,
+    )
+    with pytest.raises(SegkitError, match=r"cannot read mask .*valannot/0001TP_000000.png"):
+        train(cfg)
+    assert not (run / "checkpoints").exists() or not list((run / "checkpoints").glob("*.ckpt"))
+    rows = read_csv_metrics(run / "csv" / "metrics.csv") if (run / "csv" / "metrics.csv").exists() else []
+    assert not [r for r in rows if r.get("train/loss")]  # no training step ran
+
+
+def test_a_train_split_smaller_than_a_batch_says_so(tiny_cfg):
+    cfg = tiny_cfg(
+        "data.dataset.num_samples={train: 3, val: 4, test: 4}", "data.batch_size=4", "trainer.fast_dev_run=true"
+    )
+    with pytest.raises(
+        SegkitError,
+        match=r"train split 'train' has 3 images, fewer than one batch of "
+        r"data.batch_size=4.*lower data.batch_size",
+    ):
+        train(cfg)

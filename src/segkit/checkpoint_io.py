@@ -17,7 +17,7 @@ import math
 import os
 import struct
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,8 @@ _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 _LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"
 _CALLBACK_PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
 
+
+_file_reader = torch._C.PyTorchFileReader  # torch's own zip reader: what torch.load will see
 
 def check_torch_archive(path: Path, what: str = "checkpoint") -> None:
     """Refuse a file that is not torch's zip format exactly as ``torch.save`` writes it: records uncompressed, no
@@ -79,15 +81,24 @@ def check_torch_archive(path: Path, what: str = "checkpoint") -> None:
                     )
                 if total > size:
                     raise SegkitError(f"{what} '{path}' lists records larger than the file itself; {fix}")
-        reader = torch._C.PyTorchFileReader(str(path))
-        if set(reader.get_all_records()) != set(offsets) or any(
-            (reader.get_record_offset(name), reader.get_record_size(name)) != where for name, where in offsets.items()
-        ):
+        reader = _file_reader(str(path))
+        if set(reader.get_all_records()) != set(offsets) or torch_record_places(reader, offsets) != offsets:
             raise SegkitError(f"{what} '{path}' shows torch's reader other records than its zip directory; {fix}")
     except SegkitError:
         raise
     except (zipfile.BadZipFile, struct.error, OSError, ValueError, RuntimeError) as err:
         raise SegkitError(f"{what} '{path}' is not a torch.save file ({type(err).__name__}); {fix}") from None
+
+
+def torch_record_places(reader: Any, names: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+    """(data offset, size) of each named record as torch's own reader sees it. Older torch releases (2.11 among them) have no
+    ``get_record_size``: there the offsets alone are compared, and each size is the zip directory's (checked above
+    against the file's size), since ``names`` maps each name to its directory (offset, size)."""
+    size_of = getattr(reader, "get_record_size", None)
+    return {
+        name: (reader.get_record_offset(name), size_of(name) if size_of is not None else where[1])
+        for name, where in names.items()
+    }
 
 
 def _check_directory_is_last(raw, archive: zipfile.ZipFile, size: int, path: Path, what: str) -> None:

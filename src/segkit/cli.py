@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from segkit import NonFiniteLossError, SegkitError
+from segkit.results import job_overrides, optimized_value
 from segkit.run_folder import check_run_folder, hydra_quote
 
 log = logging.getLogger("segkit")
@@ -27,7 +28,7 @@ def run_task(task: Callable[[DictConfig], dict], cfg: DictConfig) -> float | Non
     A ``SegkitError`` (bad path, bad key, bad data) or a config mistake met while building (an argument a class
     does not take, an interpolation to nowhere) is logged as one line and exits with status 1.
     """
-    if _is_rank_zero():  # one copy under srun/torchrun/DDP
+    if is_rank_zero():  # one copy under srun/torchrun/DDP
         save_config(cfg, show=bool(cfg.get("extras", {}).get("print_config")))
     try:
         metrics = task(cfg)
@@ -43,23 +44,16 @@ def run_task(task: Callable[[DictConfig], dict], cfg: DictConfig) -> float | Non
                 return float("nan")  # a failed trial, and the sweep goes on
             raise
         sys.exit(1)
-    name = cfg.get("optimized_metric")
-    if not name:
-        return None
-    value = metrics.get(f"best/{name}", metrics.get(name))
+    value = optimized_value(metrics, cfg.get("optimized_metric"))
     return None if value is None else float(value)
 
 
 def _config_mistake(err: BaseException) -> str | None:
     """The one line for a config mistake behind an error raised inside the task (``segkit.config_errors``), read
     against this job's overrides; no suggestions that would need composing again (Hydra is running)."""
-    from hydra.core.hydra_config import HydraConfig
-
     from segkit.config_errors import explain_config_error
 
-    task = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
-    overrides = [str(o) for o in OmegaConf.to_container(task, resolve=False)] if task else []  # as typed: ${} kept
-    return explain_config_error(err, overrides, None)
+    return explain_config_error(err, job_overrides() or [], None)
 
 
 def resume_in_place(argv: list[str]) -> list[str]:
@@ -98,28 +92,9 @@ def _check_existing_run_folder(run_dir: Path) -> None:
         raise SystemExit(1) from None
 
 
-# Keys that moved: old command-line spelling -> new one. Hydra would only say that the old key is "not in struct".
-MOVED_KEYS = {"model.aux_weights": "aux_weights"}
-
-
-def refuse_moved_keys(argv: list[str]) -> None:
-    """Exit with one line naming the new spelling when an override uses a key that has moved."""
-    for arg in argv[1:]:
-        key, _, value = arg.lstrip("+~").partition("=")
-        for old, new in MOVED_KEYS.items():
-            if key == old or key.startswith(old + "."):
-                moved = new + key[len(old) :]
-                if arg.startswith("~"):
-                    spelling = f"~{moved} (or leave it out)"
-                else:
-                    spelling = f"{moved}={value}" if moved == new else f"++{moved}={value}"
-                print(f"error: {key} has moved to {moved}; write {spelling}", file=sys.stderr)
-                raise SystemExit(1)
-
-
-def _is_rank_zero() -> bool:
+def is_rank_zero() -> bool:
     """Rank 0 of a multi-process launch, known from the launcher's environment before any process group exists
-    (Lightning reads RANK, LOCAL_RANK, SLURM_PROCID at import)."""
+    (Lightning reads RANK, LOCAL_RANK, SLURM_PROCID at import): the process that writes a run's shared files."""
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
     return getattr(rank_zero_only, "rank", 0) == 0
@@ -132,15 +107,29 @@ def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def segkit_cause(err: BaseException) -> SegkitError | None:
-    """The ``SegkitError`` behind ``err`` (Hydra wraps errors raised while instantiating), or None."""
-    seen = set()
+def error_cause(err: BaseException) -> BaseException:
+    """What went wrong behind ``err``: the ``SegkitError`` among its explicit causes (Hydra raises "Error in call to
+    target ..." from the error it wraps), else the innermost error behind Hydra's ``InstantiationException``
+    wrapping, else ``err`` itself."""
+    from hydra.errors import InstantiationException
+
+    seen: set[int] = set()
+    innermost, wrapped = err, True
     while err is not None and id(err) not in seen:
         if isinstance(err, SegkitError):
             return err
         seen.add(id(err))
-        err = err.__cause__  # explicit causes only (Hydra raises from the error it wraps)
-    return None
+        if wrapped:
+            innermost = err
+            wrapped = isinstance(err, InstantiationException)
+        err = err.__cause__  # explicit causes only
+    return innermost
+
+
+def segkit_cause(err: BaseException) -> SegkitError | None:
+    """The ``SegkitError`` behind ``err`` (``error_cause``), or None."""
+    cause = error_cause(err)
+    return cause if isinstance(cause, SegkitError) else None
 
 
 def save_config(cfg: DictConfig, show: bool = False) -> None:
@@ -225,25 +214,20 @@ def _command_line(args: Sequence[str], config_name: str) -> tuple[list[str], str
         return [a for a in args if not a.startswith("-")], config_name
 
 
-# The entry points' config folder (their @hydra.main config_path, "../conf" from src/).
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-
-
 def _composer(config_name: str) -> Callable[[list[str]], Any] | None:
     """``overrides -> composed config`` (with its ``hydra`` node) of ``conf/<config_name>.yaml``, for suggestions
     after a failed run (Hydra has cleared its own instance by then); None without the folder."""
-    if not (CONF_DIR / f"{config_name}.yaml").is_file():
+    from segkit.files import conf_dir
+
+    if not (conf_dir() / f"{config_name}.yaml").is_file():
         return None
 
-    def compose(overrides: list[str]) -> Any:
-        from hydra import compose, initialize_config_dir
-        from hydra.core.global_hydra import GlobalHydra
+    def composed(overrides: list[str]) -> Any:
+        from segkit.build import compose
 
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+        return compose(config_name, overrides, return_hydra_config=True)
 
-    return compose
+    return composed
 
 
 def _hydra_report(err: BaseException) -> None:

@@ -82,6 +82,9 @@ def unknown_key(key: str, overrides: Sequence[str], compose: Callable[[list[str]
     override = _override_of(key, overrides) or ""
     cfg = _compose_without(key, overrides, compose)
     keys = config_keys(cfg) if cfg is not None else []
+    if not key.startswith("hydra."):  # Hydra's own node is not what a user misspells; its config groups are
+        groups = [g.replace("/", ".") for g in _choices(cfg) if not g.startswith("hydra")]
+        keys = [k for k in keys if not k.startswith("hydra.")] + [g for g in groups if g not in keys]
     close = closest_keys(key, keys)
     if close:
         best = close[0]
@@ -100,6 +103,14 @@ def unknown_key(key: str, overrides: Sequence[str], compose: Callable[[list[str]
     if "=" in override and not override.startswith("~"):
         add = f"; to add a key the config lacks, write +{key}={override.partition('=')[2]}"
     return f"{key} is not a config key ({where}){add}"
+
+
+def _choices(cfg: Any) -> list[str]:
+    """The config groups of a composed config (``hydra.runtime.choices``: also those chosen as null)."""
+    try:
+        return [str(g) for g in cfg.hydra.runtime.choices]
+    except Exception:  # noqa: BLE001 - composed without its hydra node
+        return []
 
 
 def unparsable_override(overrides: Sequence[str], message: str) -> str:

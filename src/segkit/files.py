@@ -1,10 +1,18 @@
-"""Small files written so that a crash or a kill never leaves half of one behind."""
+"""Where segkit's own files are (``conf_dir``), and small files written so that a crash or a kill never leaves half
+of one behind."""
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import tempfile
 from pathlib import Path
+
+
+def conf_dir() -> Path:
+    """The config folder, found through the package: ``segkit.conf`` is the checkout's top-level ``conf/`` (mapped by
+    setup.cfg's ``package_dir``), installed with the package by ``pip install .``."""
+    return Path(str(importlib.resources.files("segkit.conf")))
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

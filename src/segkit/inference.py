@@ -68,17 +68,31 @@ class WholeImage:
 
 class Resized:
     """The image is resized to ``size`` (H, W) for the net, e.g. the resolution it was trained at; the
-    logits are resized back, so predictions are always at the input size."""
+    logits are resized back, so predictions are always at the input size. ``size=None``: the net's own eval size
+    (its input spec's, filled in by ``mode_for``)."""
 
-    def __init__(self, size: int | Sequence[int]) -> None:
-        self.size = _pair(size)
+    def __init__(self, size: int | Sequence[int] | None = None) -> None:
+        self.size = None if size is None else _pair(size)
 
     def __call__(self, net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        if self.size is None:
+            raise ValueError("Resized() needs a size: give inference.size=[h, w] or let mode_for fill in the net's")
         logits = net_logits(net, resize_to(images, self.size))
         return resize_to(logits.float(), tuple(images.shape[-2:])).softmax(1)
 
     def __repr__(self) -> str:
         return f"Resized(size={self.size})"
+
+
+def mode_for(spec, chosen: Inference | None = None) -> Inference:
+    """How a net with input spec ``spec`` is applied: ``chosen`` (an ``inference=`` choice) if given, else the way
+    training validated it (``spec.inference()``: resized to its eval size, or whole images). A ``Resized`` without
+    a size takes the spec's eval size (the whole image where the net has none)."""
+    if chosen is None:
+        return spec.inference()
+    if isinstance(chosen, Resized) and chosen.size is None:
+        return spec.inference()
+    return chosen
 
 
 def window_starts(size: int, crop: int, stride: int) -> list[int]:

@@ -1,8 +1,8 @@
 """Rebuild a trained net from a segkit checkpoint (or a run folder) without Lightning or the training config.
 
 A checkpoint is untrusted data. It carries the resolved run config (``hyper_parameters``: ``model``, ``data``, ...)
-and what the model needs to be used (``segkit``: class names, colours, source ids, ignore index, input channels,
-normalisation, training input size). ``load_model`` reads them as plain values only (``segkit.safe_config``): the
+and the net's input spec (``segkit.input``: label table, channels, normalisation, crop and eval sizes;
+``segkit.data.input_spec``). ``load_model`` reads them as plain values only (``segkit.safe_config``): the
 net is looked up in segkit's registry, built first on the ``meta`` device and compared with the stored tensors, and
 only then built for real, so neither code nor an oversized allocation can come from the file. A run folder only
 locates its checkpoint: its ``.hydra/config.yaml`` is never read.
@@ -22,43 +22,43 @@ import torch
 from torch import nn
 
 from segkit import SegkitError
+from segkit.build import construct, net_arguments
 from segkit.checkpoint_io import read_torch_file
-from segkit.data.labels import train_ids_to_source_ids
-from segkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from segkit.data.input_spec import InputSpec
 from segkit.safe_config import net_options, plain_data
 
 log = logging.getLogger("segkit")
 
-MAX_CLASSES = 4096
-MAX_CHANNELS = 64
-MAX_SIZE = 16384
-
-
 @dataclass
 class LoadedModel:
-    """A net in eval mode plus what is needed to use it: its classes and the input it expects (and the run config
-    that trained it, for what only training knows)."""
+    """A net in eval mode, its input spec (what it takes and predicts, as training validated it) and the run config
+    that trained it (for what only training knows)."""
 
     net: nn.Module
     config: dict[str, Any]
-    class_names: tuple[str, ...]
-    colors: tuple[tuple[int, int, int], ...]
-    ignore_index: int
+    spec: InputSpec
     path: Path | None = None
-    in_channels: int = 3
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    input_size: tuple[int, int] | None = None  # the training crop (height, width); None: whole images
-    source_ids: tuple[tuple[int, ...], ...] = ()  # per train id, the dataset's own ids (empty where unknown)
     precision: str | None = None  # the Lightning precision the run trained with, where stored
 
     @property
     def num_classes(self) -> int:
-        return len(self.class_names)
+        return self.spec.num_classes
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.spec.class_names
+
+    @property
+    def colors(self) -> tuple[tuple[int, int, int], ...]:
+        return self.spec.colors
+
+    @property
+    def in_channels(self) -> int:
+        return self.spec.in_channels
 
     def to_source_ids(self, train_ids: np.ndarray, fill: int = 0) -> np.ndarray:
         """Train ids -> each class's first source id (predictions back to e.g. Cityscapes labelIds)."""
-        return train_ids_to_source_ids(train_ids, self.source_ids, fill)
+        return self.spec.labels.to_source_ids(train_ids, fill)
 
 
 def find_checkpoint(run_dir: Path) -> Path:
@@ -115,64 +115,6 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def build_net(
-    model_cfg: Mapping, num_classes: int, in_channels: int = 3, for_weights: bool = False, source: str = "model"
-) -> nn.Module:
-    """A ``conf/model`` choice (the user's own config, resolved here) built through the same registry and keyword
-    checks as a stored one; ``for_weights`` skips downloading pretrained backbones whose weights are about to be
-    replaced. ``source`` names where the config came from in errors."""
-    from omegaconf import DictConfig, OmegaConf
-
-    if isinstance(model_cfg, DictConfig):
-        model_cfg = OmegaConf.to_container(model_cfg, resolve=True)
-    builder, options = net_options(model_cfg, source)
-    options = _net_arguments(builder, options, num_classes, in_channels, for_weights, source)
-    return _construct(builder, options, source)
-
-
-def _net_arguments(
-    builder: Any, options: dict[str, Any], num_classes: int, in_channels: int, offline: bool, source: str
-) -> dict[str, Any]:
-    """The keyword arguments a registered builder gets: its options (downloads off when ``offline``), the class
-    count and, for segkit's nets, the input channels (torchvision's builders take RGB only)."""
-    is_torchvision = getattr(builder, "__module__", "").startswith("torchvision.")
-    options = _offline(options, is_torchvision) if offline else dict(options)
-    options["num_classes"] = num_classes
-    if not is_torchvision:
-        options["in_channels"] = in_channels
-    elif in_channels != 3:
-        raise SegkitError(
-            f"{source}: torchvision's builders take 3 input channels, not {in_channels}; use "
-            "segkit.models.nets.torchvision_seg.TorchvisionSegmentation (model=tv_*) for other inputs"
-        )
-    return options
-
-
-def _construct(builder: Any, options: dict[str, Any], source: str) -> nn.Module:
-    """``builder(**options)``; a value of the wrong type or range is one line naming where the config came from."""
-    try:
-        return builder(**options)
-    except SegkitError:
-        raise
-    except Exception as err:  # noqa: BLE001 - any failure of the user's or the file's values: one line
-        first = (str(err).splitlines() or [type(err).__name__])[0][:300]
-        raise SegkitError(f"{source}: the model config does not build: {type(err).__name__}: {first}") from None
-
-
-def _offline(options: dict[str, Any], is_torchvision: bool) -> dict[str, Any]:
-    """Net options with pretrained downloads and weight files off: a checkpoint's weights replace them."""
-    options = dict(options)
-    for key in ("pretrained", "pretrained_backbone"):
-        if key in options:
-            options[key] = False
-    if "weights_path" in options:
-        options["weights_path"] = None
-    for key in ("weights", "weights_backbone"):
-        if key in options or is_torchvision:
-            options[key] = None
-    return options
-
-
 @contextmanager
 def _module_budget(limit: int, source: str):
     """Stop a stored config that would build far more layers than its checkpoint has tensors (a time and memory
@@ -198,96 +140,33 @@ def build_stored_net(
     with checked keywords, on the ``meta`` device first, refused unless its tensors have exactly the stored shapes,
     then built on the CPU (so what is allocated is what the file holds)."""
     builder, options = net_options(model_cfg, source)
-    options = _net_arguments(builder, options, num_classes, in_channels, True, source)
+    options = net_arguments(builder, options, num_classes, in_channels, True, source)
 
-    def construct() -> nn.Module:
+    def build() -> nn.Module:
         with _module_budget(8 * len(state) + 512, source):
-            return _construct(builder, options, source)
+            return construct(builder, options, source)
 
     with torch.device("meta"):
-        skeleton = construct()
+        skeleton = build()
     check_weights_fit(skeleton, state, source, num_classes)
     del skeleton
-    net = construct()
+    net = build()
     net.load_state_dict(state)
     return net
 
 
-def _int(info: Mapping, key: str, source: str, low: int, high: int, default: Any = None) -> int:
-    value = info.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise SegkitError(f"{source}: segkit.{key}={value!r}; expected a whole number from {low} to {high}")
-    return value
-
-
-def _numbers(info: Mapping, key: str, source: str, count: int | None, default: Any) -> tuple[float, ...]:
-    value = info.get(key, default)
-    ok = isinstance(value, (list, tuple)) and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
-    )
-    if not ok or (count is not None and len(value) != count):
-        raise SegkitError(f"{source}: segkit.{key}={value!r}; expected a list of {count or 'some'} numbers")
-    return tuple(float(v) for v in value)
-
-
-def describe_stored(info: Any, source: str) -> dict[str, Any]:
-    """The ``segkit`` record of a checkpoint, checked value by value before anything is built from it."""
+def describe_stored(info: Any, source: str) -> tuple[InputSpec, str | None]:
+    """The ``segkit`` record of a checkpoint: its input spec and training precision, checked value by value."""
     info = plain_data(info, source, "segkit")
-    if not isinstance(info, dict):
-        raise SegkitError(f"{source}: 'segkit' is a {type(info).__name__}, not the mapping segkit checkpoints store")
-    num_classes = _int(info, "num_classes", source, 1, MAX_CLASSES)
-    names = info.get("class_names")
-    if not isinstance(names, list) or len(names) != num_classes or not all(isinstance(n, str) for n in names):
-        raise SegkitError(f"{source}: segkit.class_names must list {num_classes} class names")
-    colors = info.get("colors")
-    if (
-        not isinstance(colors, list)
-        or len(colors) != num_classes
-        or not all(
-            isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c) for c in colors
-        )
-    ):
-        raise SegkitError(f"{source}: segkit.colors must list {num_classes} [r, g, b] colours of 0-255")
-    source_ids = info.get("source_ids") or []
-    if (
-        not isinstance(source_ids, list)
-        or len(source_ids) not in (0, num_classes)
-        or not all(
-            isinstance(ids, list)
-            and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= 65535 for i in ids)
-            for ids in source_ids
-        )
-    ):
-        raise SegkitError(f"{source}: segkit.source_ids must list {num_classes} lists of ids from 0 to 65535")
-    in_channels = _int(info, "in_channels", source, 1, MAX_CHANNELS, 3)
-    size = info.get("input_size")
-    if size is not None and not (
-        isinstance(size, list)
-        and len(size) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SIZE for v in size)
-    ):
-        raise SegkitError(f"{source}: segkit.input_size={size!r}; expected null or [height, width] up to {MAX_SIZE}")
-    mean = _numbers(info, "mean", source, None, list(IMAGENET_MEAN))
-    std = _numbers(info, "std", source, None, list(IMAGENET_STD))
-    if len(mean) != len(std) or not min(3, in_channels) <= len(mean) <= max(3, in_channels):
+    if not isinstance(info, dict) or "input" not in info:
         raise SegkitError(
-            f"{source}: segkit.mean and segkit.std must each hold one value per input channel ({in_channels})"
+            f"{source}: its 'segkit' record has no input spec; it was written by another segkit version: "
+            "re-train it with src/train.py"
         )
     precision = info.get("precision")
     if precision is not None and not isinstance(precision, str):
         raise SegkitError(f"{source}: segkit.precision={precision!r}; expected a string such as 32-true")
-    return {
-        "num_classes": num_classes,
-        "class_names": tuple(names),
-        "colors": tuple(tuple(c) for c in colors),
-        "source_ids": tuple(tuple(ids) for ids in source_ids),
-        "ignore_index": _int(info, "ignore_index", source, 0, 255, 255),
-        "in_channels": in_channels,
-        "mean": mean,
-        "std": std,
-        "input_size": (size[0], size[1]) if size is not None else None,
-        "precision": precision,
-    }
+    return InputSpec.from_record(info["input"], source), precision
 
 
 def load_model(
@@ -309,28 +188,14 @@ def load_model(
             "use a .ckpt written by src/train.py"
         )
     if "segkit" not in checkpoint:
-        raise SegkitError(f"{source} has no 'segkit' record (class names, input format); re-save it with src/train.py")
-    facts = describe_stored(checkpoint["segkit"], source)
+        raise SegkitError(f"{source} has no 'segkit' record (its input spec); re-save it with src/train.py")
+    spec, precision = describe_stored(checkpoint["segkit"], source)
     config = plain_data(config, source, "hyper_parameters")
     state = {k[len("net.") :]: v for k, v in state_dict.items() if isinstance(k, str) and k.startswith("net.")}
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise SegkitError(f"{source}: state_dict holds values that are not tensors")
-    net = build_stored_net(config["model"], state, facts["num_classes"], facts["in_channels"], source)
-    mean, std = facts["mean"], facts["std"]
-    return LoadedModel(
-        net=net.eval().to(map_location),
-        config=config,
-        class_names=facts["class_names"],
-        colors=facts["colors"],
-        ignore_index=facts["ignore_index"],
-        path=path,
-        in_channels=facts["in_channels"],
-        mean=mean,
-        std=std,
-        input_size=facts["input_size"],
-        source_ids=facts["source_ids"],
-        precision=facts["precision"],
-    )
+    net = build_stored_net(config["model"], state, spec.num_classes, spec.in_channels, source)
+    return LoadedModel(net=net.eval().to(map_location), config=config, spec=spec, path=path, precision=precision)
 
 
 def check_weights_fit(net: nn.Module, state: Mapping[str, torch.Tensor], source: str, num_classes: int) -> None:

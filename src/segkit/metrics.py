@@ -39,6 +39,18 @@ def scores_from_confusion(confusion: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
+MEAN_SCORES = ("mIoU", "pixAcc", "mAcc", "fwIoU")
+
+
+def flat_scores(scores: dict[str, torch.Tensor], class_names: Sequence[str], prefix: str) -> dict[str, float]:
+    """``scores_from_confusion``'s scores under the names training logs and eval reports: ``<prefix>/mIoU``,
+    ``<prefix>/pixAcc``, ``<prefix>/mAcc``, ``<prefix>/fwIoU`` and ``<prefix>/IoU/<class>``."""
+    out = {f"{prefix}/{k}": float(scores[k]) for k in MEAN_SCORES}
+    for name, value in zip(class_names, scores["IoU"].tolist(), strict=True):
+        out[f"{prefix}/IoU/{name}"] = value
+    return out
+
+
 def _nanmean(x: torch.Tensor) -> torch.Tensor:
     valid = ~torch.isnan(x)
     return x[valid].mean() if valid.any() else torch.zeros((), dtype=x.dtype, device=x.device)
@@ -64,9 +76,6 @@ class SegmentationMetrics(MulticlassConfusionMatrix):
         return scores_from_confusion(self.compute())
 
     def named_scalars(self, prefix: str) -> dict[str, float]:
-        """Flat ``{prefix/mIoU: ..., prefix/IoU/<class>: ...}`` of the accumulated state, for loggers."""
-        scores = self.scores()
-        out = {f"{prefix}/{k}": float(scores[k]) for k in ("mIoU", "pixAcc", "mAcc", "fwIoU")}
-        for name, value in zip(self.class_names, scores["IoU"].tolist()):
-            out[f"{prefix}/IoU/{name}"] = value
-        return out
+        """Flat ``{prefix/mIoU: ..., prefix/IoU/<class>: ...}`` of the accumulated state (``flat_scores``), for
+        loggers."""
+        return flat_scores(self.scores(), self.class_names, prefix)

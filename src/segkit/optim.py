@@ -35,7 +35,6 @@ from segkit import SegkitError
 
 log = logging.getLogger("segkit")
 
-BACKBONE_ATTRIBUTES = ("backbone", "encoder")
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
@@ -43,7 +42,7 @@ def optimizer_over_groups(factory: Callable[..., Optimizer], net: nn.Module) -> 
     """``factory`` (a Hydra ``_partial_`` of a torch optimiser, e.g. ``torch.optim.AdamW`` with ``lr``) over the
     parameter groups of ``net``.
 
-    A pretrained backbone is usually tuned gently while the freshly initialised head learns fast, and weight decay
+    A pretrained trunk is usually tuned gently while the freshly initialised head learns fast, and weight decay
     on norm scales and biases only fights normalisation; both are switches of the optimizer config rather than
     per-model code. ``head_lr_mult`` and ``no_decay_norm_bias`` are taken out of the partial's keywords here (torch's
     optimisers do not know them); the rest (``lr``, ``weight_decay``, ``momentum``, ``betas`` ...) goes to torch.
@@ -78,12 +77,13 @@ def param_groups(
     no_decay_norm_bias: bool = True,
 ) -> list[dict[str, Any]]:
     """Groups named ``backbone``, ``backbone_no_decay``, ``head``, ``head_no_decay`` (empty ones dropped);
-    the names show up in the learning-rate monitor."""
+    the names show up in the learning-rate monitor. The ``backbone`` groups hold the net's declared trunk
+    (``backbone_parameter_ids``), the ``head`` groups everything else, at ``lr * head_lr_mult``."""
     if isinstance(params, nn.Module):
         net = params
         backbone = backbone_parameter_ids(net)
         if not backbone and head_lr_mult != 1.0:
-            log.warning(f"{type(net).__name__} exposes no backbone/encoder; head_lr_mult={head_lr_mult} is not applied")
+            log.warning(f"{type(net).__name__} declares no backbone; head_lr_mult={head_lr_mult} is not applied")
         no_decay = _norm_and_bias_ids(net)
         named = [p for p in net.parameters() if p.requires_grad]
     else:
@@ -110,14 +110,10 @@ def param_groups(
 
 
 def backbone_parameter_ids(net: nn.Module) -> set[int]:
-    names = getattr(net, "backbone_names", None) or [a for a in BACKBONE_ATTRIBUTES if hasattr(net, a)]
-    ids: set[int] = set()
-    for attr in names:
-        module = getattr(net, attr, None)
-        if not isinstance(module, nn.Module):
-            raise SegkitError(f"{type(net).__name__}.backbone_names lists '{attr}', which is not a submodule")
-        ids |= {id(p) for p in module.parameters()}
-    return ids
+    """The ids of the parameters of ``net.backbone``: the trunk a ``SegmentationNet`` declares (None where it has
+    none). Any other ``nn.Module`` may declare its trunk the same way; without a module there, it has none."""
+    trunk = getattr(net, "backbone", None)
+    return {id(p) for p in trunk.parameters()} if isinstance(trunk, nn.Module) else set()
 
 
 def _norm_and_bias_ids(net: nn.Module) -> set[int]:

@@ -10,41 +10,21 @@ import logging
 import statistics
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from segkit import SegkitError
+from segkit.build import build_net
 from segkit.inference import net_logits
-from segkit.loading import build_net
 
 log = logging.getLogger("segkit")
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-
-
-def model_names(conf_dir: Path = CONF_DIR) -> list[str]:
-    """Every choice of the ``model`` config group."""
-    return sorted(p.stem for p in (conf_dir / "model").glob("*.yaml"))
-
-
-def model_config(name: str) -> DictConfig:
-    """``conf/model/<name>.yaml`` composed with its defaults (e.g. unet_small extends unet)."""
-    if name not in model_names():
-        raise SegkitError(f"unknown model '{name}'; choose from conf/model: {', '.join(model_names())}")
-    overrides = [f"+model={name}"]
-    if GlobalHydra.instance().is_initialized():
-        return compose(config_name=None, overrides=overrides).model
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name=None, overrides=overrides).model
-
 
 def count_params(net: nn.Module) -> int:
+    """The net's parameters, every one counted (frozen ones and auxiliary heads included)."""
     return sum(p.numel() for p in net.parameters())
 
 

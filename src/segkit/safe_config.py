@@ -32,7 +32,6 @@ TORCHVISION_SEGMENTATION = "torchvision.models.segmentation"
 DATA_CALLABLES = (
     "segkit.data.datamodule.SegmentationDataModule",
     "segkit.data.transforms.train_transforms",
-    "segkit.data.transforms.eval_transforms",
 )
 # torchvision's segmentation builders take **kwargs; these are the ones a stored config may pass
 TORCHVISION_KEYWORDS = frozenset({"weights", "weights_backbone", "num_classes", "aux_loss"})
@@ -74,11 +73,18 @@ def _builtin_nets() -> dict[str, Callable[..., Any]]:
     return nets
 
 
+def net_builder_or_none(target: Any) -> Callable[..., Any] | None:
+    """The registered net class (or torchvision builder) ``target`` names, or None."""
+    if not isinstance(target, str) or not target:
+        return None
+    return _USER_NETS.get(target) or _builtin_nets().get(target)
+
+
 def net_builder(target: Any, source: str, key: str = "model") -> Callable[..., Any]:
     """The registered net class (or torchvision builder) a stored ``_target_`` names; a one-line refusal otherwise."""
     if not isinstance(target, str) or not target:
         raise SegkitError(f"{source}: {key}._target_ is missing; a model config names its network class")
-    builder = _USER_NETS.get(target) or _builtin_nets().get(target)
+    builder = net_builder_or_none(target)
     if builder is not None:
         return builder
     if target.startswith(NETS_PACKAGE + "."):
@@ -182,7 +188,7 @@ def net_options(model_cfg: Any, source: str, key: str = "model") -> tuple[Callab
     if not isinstance(cfg, dict):
         raise SegkitError(f"{source}: '{key}' must be a model config mapping with a _target_, not {type(cfg).__name__}")
     builder = net_builder(cfg.get("_target_"), source, key)
-    options = {k: v for k, v in cfg.items() if k not in ("_target_", "aux_weights")}
+    options = {k: v for k, v in cfg.items() if k != "_target_"}
     _refuse_nested_targets(options, source, key)
     _check_keywords(builder, options, source, key)
     return builder, options
@@ -202,13 +208,11 @@ def _refuse_nested_targets(node: Any, source: str, where: str) -> None:
             _refuse_nested_targets(value, source, f"{where}.{i}")
 
 
-def build_stored_data(data_cfg: Any, source: str, root: str | None = None, key: str = "data") -> Any:
+def build_stored_data(data_cfg: Any, source: str, spec: Any, root: str | None = None, key: str = "data") -> Any:
     """A stored ``data`` config -> segkit's data module, built through the data registry only (its module,
     datasets and transform builders), each key checked against the signature; ``root`` re-points the folder.
-
-    The label table must be stored whole: a ``base`` file or a table given by path or name is refused, since
-    following a path from someone else's file would read outside their run.
-    """
+    The label table and input spec are the checkpoint's own (``spec``, read from ``segkit.input``): the stored data
+    config names its table only."""
     cfg = plain_data(data_cfg, source, key)
     if not isinstance(cfg, dict) or "_target_" not in cfg:
         raise SegkitError(f"{source}: '{key}' must be a data config mapping with a _target_")
@@ -216,23 +220,14 @@ def build_stored_data(data_cfg: Any, source: str, root: str | None = None, key: 
         raise SegkitError(
             f"{source}: {key}._target_={cfg['_target_']!r} is not segkit's data module ({DATA_CALLABLES[0]})"
         )
-    labels = cfg.get("labels")
-    if not isinstance(labels, dict):
-        raise SegkitError(
-            f"{source}: {key}.labels is not a stored label table; evaluate with your own data config instead, e.g. "
-            "data=folder data.root=... data.labels=my_table.yaml"
-        )
-    if "base" in labels:
-        raise SegkitError(
-            f"{source}: {key}.labels.base is not allowed in a stored label table (segkit stores it expanded); "
-            "evaluate with your own data config, e.g. data=<group> data.root=... data.labels=<table>"
-        )
+    for name in ("labels", "input", "reduce_zero_label", "in_channels"):
+        cfg.pop(name, None)
     if root is not None:
         cfg["root"] = str(root)
-    return _build(cfg, source, key)
+    return _build(cfg, source, key, labels=spec.labels, input=spec, in_channels=spec.in_channels)
 
 
-def _build(node: dict, source: str, where: str) -> Any:
+def _build(node: dict, source: str, where: str, **given: Any) -> Any:
     target = node.get("_target_")
     builder = _data_callables().get(target) if isinstance(target, str) else None
     if builder is None:
@@ -253,6 +248,7 @@ def _build(node: dict, source: str, where: str) -> Any:
             _refuse_nested_targets(value, source, f"{where}.{name}")
         options[name] = value
     _check_keywords(builder, options, source, where)
+    options.update(given)
     if partial:
         return functools.partial(builder, **options)
     try:

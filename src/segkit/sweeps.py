@@ -22,7 +22,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig
 from pytorch_lightning import Callback
+
+from segkit import SegkitError
 
 log = logging.getLogger("segkit")
 
@@ -118,9 +121,20 @@ def sweeper_settings() -> tuple[Any, str | None, str | None]:
     return pruner, storage, sweeper.get("study_name")
 
 
+def optuna_pruning(cfg: DictConfig) -> OptunaPruning | None:
+    """The pruning callback of a trial job (``optuna_trial=<id>``, set by the segkit_optuna sweeper), else None."""
+    if cfg.get("optuna_trial") is None:
+        return None
+    pruner, storage, study_name = sweeper_settings()
+    if storage is None:
+        raise SegkitError("optuna_trial is set by the segkit_optuna sweeper only; remove it from the command line")
+    monitor = cfg.get("optimized_metric") or "val/mIoU"
+    return OptunaPruning(int(cfg.optuna_trial), storage, study_name, pruner=pruner, monitor=monitor)
+
+
 class OptunaPruning(Callback):
     """Reports ``monitor`` to the trial after each validation (step = epoch) and stops the run when the study's
-    pruner says so. Built by ``train`` for a job launched with ``optuna_trial=<id>``.
+    pruner says so. Built by ``optuna_pruning`` for a job launched with ``optuna_trial=<id>``.
 
     Args:
         trial_id: the trial's storage id (the sweeper passes it).

@@ -5,12 +5,12 @@ from omegaconf import OmegaConf
 from segkit import SegkitError
 from segkit.data.datasets.camvid import CamVid
 from segkit.data.labels import LabelTable
-from tests.conftest import CONF_DIR
+from segkit.files import conf_dir
 
 
 @pytest.fixture
 def camvid_labels() -> LabelTable:
-    return LabelTable.from_config(OmegaConf.to_container(OmegaConf.load(CONF_DIR / "data/labels/camvid.yaml")))
+    return LabelTable.from_config(OmegaConf.to_container(OmegaConf.load(conf_dir() / "data/labels/camvid.yaml")))
 
 
 def test_camvid_samples_have_train_ids(camvid_root, camvid_labels):

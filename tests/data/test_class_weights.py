@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 
 from segkit import SegkitError
+from segkit.build import build_datamodule
 from segkit.data import class_weights as cw
+from segkit.data.class_weights import cached_counts
 from segkit.data.labels import load_table
 
 # Three 2x2 masks over 3 classes (255 = ignore):
@@ -79,7 +82,7 @@ def test_counts_are_cached_by_dataset_split_and_table(tmp_path):
 
 
 def test_loss_takes_named_weights_through_build_module(tiny_cfg, tmp_path, monkeypatch):
-    from segkit.tasks.train import build_datamodule, build_module
+    from segkit.build import build_datamodule, build_module
 
     monkeypatch.setenv("SEGKIT_CACHE_DIR", str(tmp_path / "cache"))
     cfg = tiny_cfg("loss.class_weights=median_freq", "data.dataset.num_samples={train: 4, val: 2, test: 2}")
@@ -112,7 +115,7 @@ def test_camvid_weights_and_stats(camvid_root, tmp_path, capsys):
 
 def test_named_weights_resolve_inside_a_weighted_sum(tiny_cfg, tmp_path, monkeypatch):
     """`loss=ce_dice loss.losses.ce.class_weights=enet`: the CE term of the sum gets the counted weights."""
-    from segkit.tasks.train import build_datamodule, build_module
+    from segkit.build import build_datamodule, build_module
 
     monkeypatch.setenv("SEGKIT_CACHE_DIR", str(tmp_path / "cache"))
     cfg = tiny_cfg(
@@ -133,7 +136,7 @@ def test_named_weights_resolve_inside_a_weighted_sum(tiny_cfg, tmp_path, monkeyp
 
 def test_enet_constant_from_a_mapping(tiny_cfg, tmp_path, monkeypatch):
     """`class_weights: {method: enet, c: 1.1}` flattens the ENet weights; bad mappings fail naming the key."""
-    from segkit.tasks.train import build_datamodule, build_module
+    from segkit.build import build_datamodule, build_module
 
     monkeypatch.setenv("SEGKIT_CACHE_DIR", str(tmp_path / "cache"))
     cfg = tiny_cfg(
@@ -151,3 +154,14 @@ def test_enet_constant_from_a_mapping(tiny_cfg, tmp_path, monkeypatch):
         build_module(tiny_cfg("loss=ce_dice", "loss.losses.ce.class_weights={method: enet, power: 2}"), dm)
     with pytest.raises(SegkitError, match=r"c=1.0; ENet weights need c > 1"):
         build_module(tiny_cfg("loss=ce_dice", "loss.losses.ce.class_weights={method: enet, c: 1.0}"), dm)
+
+
+def test_a_truncated_class_weight_cache_is_rebuilt(tiny_cfg, tmp_path):
+    datamodule = build_datamodule(tiny_cfg())
+    dataset = datamodule.raw_dataset("train")
+    fresh = cached_counts(dataset, datamodule.labels, "synthetic-train", cache_dir=tmp_path / "cache")
+    (cache,) = (tmp_path / "cache" / "class_counts").glob("*.json")
+    cache.write_text(cache.read_text()[: len(cache.read_text()) // 2])  # a write cut short
+    again = cached_counts(dataset, datamodule.labels, "synthetic-train", cache_dir=tmp_path / "cache")
+    assert again.pixels.tolist() == fresh.pixels.tolist() and json.loads(cache.read_text())["images"] == 16
+    assert not list(cache.parent.glob(".*.tmp"))  # the rewrite went through a temporary file

@@ -14,8 +14,9 @@ from segkit.data.datasets.cityscapes import Cityscapes
 from segkit.data.datasets.folder import ImageMaskFolder
 from segkit.data.datasets.sunrgbd import SUNRGBD
 from segkit.data.datasets.voc import VOCSegmentation
+from segkit.data.input_spec import InputSpec
 from segkit.data.labels import load_table
-from segkit.data.transforms import eval_transforms, train_transforms
+from segkit.data.transforms import train_transforms
 from tests.data import trees
 
 
@@ -101,7 +102,7 @@ def test_sunrgbd_depth_is_the_fourth_channel_through_the_transforms(tmp_path):
     out = train_transforms(crop_size=(8, 8), mean=mean, std=std)(image=image, mask=mask.astype(np.uint8))
     assert out["image"].shape == (4, 8, 8)
     with pytest.raises(SegkitError, match="4 channels but mean/std give 3/3"):
-        eval_transforms()(image=image, mask=mask.astype(np.uint8))
+        InputSpec(load_table("sunrgbd")).eval_transform()(image=image, mask=mask.astype(np.uint8))
 
 
 def test_folder_with_rgb_masks_split_by_ratio_or_lists(tmp_path):
@@ -179,14 +180,15 @@ def test_unreadable_image_names_the_file(tmp_path):
 
 
 def test_errors_in_loader_workers_keep_the_message(tmp_path):
-    from segkit.data.datamodule import TransformedDataset
+    from segkit.data.pipeline import TransformedDataset
 
     root = trees.folder_tree(tmp_path, n=2, rgb=False)
     (root / "images" / "frame_0.jpg").write_bytes(b"")
     dataset = ImageMaskFolder(
         "train", load_table({"classes": [{"name": n} for n in "abc"]}), root=root, ratios={"train": 1.0}
     )
-    loader = torch.utils.data.DataLoader(TransformedDataset(dataset, eval_transforms()), batch_size=1, num_workers=1)
+    transform = InputSpec(dataset.labels).eval_transform()
+    loader = torch.utils.data.DataLoader(TransformedDataset(dataset, transform), batch_size=1, num_workers=1)
     with pytest.raises(SegkitError, match=r"^cannot read image '.*frame_0.jpg'") as err:
         next(iter(loader))
     assert "\n" not in str(err.value) and "Traceback" in err.value.worker_traceback  # the line, not torch's report

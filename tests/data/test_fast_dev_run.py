@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from segkit.tasks.train import build_datamodule, build_module, train
+from segkit.build import build_datamodule, build_module
+from segkit.tasks.train import train
 from tests.conftest import compose_config
 from tests.data import trees
 
@@ -14,7 +15,7 @@ SMALL = [
     "data.batch_size=2",
     "data.val_batch_size=1",
     "data.num_workers=0",
-    "data.train_transform.crop_size=[16,16]",
+    "data.input.crop_size=[16,16]",
     "trainer.accelerator=cpu",
     "trainer.enable_model_summary=false",
     "callbacks.progress_bar=null",
@@ -38,7 +39,7 @@ def run(tmp_path, *overrides: str) -> dict:
         ("camvid", trees.camvid_tree, []),
         ("cityscapes", trees.cityscapes_tree, ["data/labels=cityscapes_categories"]),
         ("ade20k", trees.ade20k_tree, ["data.reduce_zero_label=false"]),
-        ("voc", trees.voc_tree, ["data/train_transform=resized_crop_flip", "data.train_transform.crop_size=[16,16]"]),
+        ("voc", trees.voc_tree, ["data/train_transform=resized_crop_flip", "data.input.crop_size=[16,16]"]),
     ],
 )
 def test_dataset_trains_one_batch(name, make, extra, tmp_path):

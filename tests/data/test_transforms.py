@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
 from segkit import SegkitError
-from segkit.data.datamodule import _crop_size
 from segkit.data.transforms import train_transforms
 
 
@@ -80,10 +81,20 @@ def test_focus_crop_bad_settings_name_the_key(kwargs, words):
         train_transforms(**kwargs)
 
 
-def test_focus_crop_size_is_what_checkpoints_record():
-    """The crop inside OneOf(FocusCrop, RandomCrop) is still found as the net's training input size."""
-    assert _crop_size(train_transforms(crop_size=(64, 80), focus_classes=[2])) == [64, 80]
-    assert _crop_size(train_transforms(crop_size=(64, 80))) == [64, 80]
+def test_focus_crops_have_the_input_specs_crop_size():
+    """The crop size comes from data.input.crop_size alone, through the spec: FocusCrop and RandomCrop both cut it."""
+    from segkit.data.input_spec import InputSpec
+    from segkit.data.labels import load_table
+
+    spec = InputSpec.from_config({"crop_size": [24, 32]}, load_table("camvid"), 3)
+    image, mask = np.zeros((60, 80, 3), np.uint8), np.zeros((60, 80), np.uint8)
+    mask[30, 40] = 2  # one pole pixel: the focus crop must hold it
+    for focus in ([2], None):
+        factory = functools.partial(train_transforms, focus_classes=focus, focus_p=1.0, scale_range=(1.0, 1.0))
+        out = spec.train_transform(factory)(image=image, mask=mask)
+        assert tuple(out["image"].shape) == (3, 24, 32) and out["mask"].shape == (24, 32)
+        if focus:
+            assert (out["mask"] == 2).any()
 
 
 def test_focus_classes_and_pixel_shuffle_train_from_the_config(tmp_path):
@@ -98,7 +109,7 @@ def test_focus_classes_and_pixel_shuffle_train_from_the_config(tmp_path):
         "data.dataset.height=32",
         "data.dataset.width=32",
         "data.batch_size=2",
-        "data.train_transform.crop_size=[32,32]",
+        "data.input.crop_size=[32,32]",
         "+data.train_transform.focus_classes=[1]",
         "model.pixel_shuffle=2",
         "trainer.fast_dev_run=true",

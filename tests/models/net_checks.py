@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from segkit.models.blocks import main_logits
-from segkit.models.module import aux_stride, masks_at_size
+from segkit.models.targets import aux_stride, masks_at_size
 from tests.conftest import CONF_DIR, compose_config
 
 MODEL_CONFIGS = sorted(path.stem for path in (CONF_DIR / "model").glob("*.yaml"))

@@ -15,9 +15,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from segkit import SegkitError
 from segkit.models.blocks import main_logits, pad_to_multiple, resize_to
-from segkit.models.module import SegmentationModule, masks_at_size
+from segkit.models.module import SegmentationModule
 from segkit.models.nets.icnet import ICNet
+from segkit.models.targets import masks_at_size
 from tests.conftest import CONF_DIR
+from tests.helpers import spec_of
 from tests.models.net_checks import check_output_shapes, count_params, fixed_batch
 
 
@@ -105,7 +107,7 @@ def test_labels_downsampled_to_each_branch():
 
     net = ICNet(num_classes=3, backbone="resnet18")
     loss = torch.nn.CrossEntropyLoss(ignore_index=255)
-    module = SegmentationModule(net, loss, partial(torch.optim.SGD, lr=0.01), num_classes=3)
+    module = SegmentationModule(net, loss, partial(torch.optim.SGD, lr=0.01), spec=spec_of(3))
     assert module.aux_weights == {"aux_sub4": 0.16, "aux_sub24": 0.4}
     out = net.train()(torch.randn(2, 3, 64, 64))
     _, total, parts = module._loss(out, mask)
@@ -120,7 +122,7 @@ def test_learns_with_label_guidance():
     main loss at least in half; ResNet-18 trunk for speed (the cascade code is the same)."""
     torch.manual_seed(0)
     net = ICNet(num_classes=4, backbone="resnet18")
-    module = SegmentationModule(net, torch.nn.CrossEntropyLoss(), partial(torch.optim.Adam), num_classes=4)
+    module = SegmentationModule(net, torch.nn.CrossEntropyLoss(), partial(torch.optim.Adam), spec=spec_of(4))
     image, mask = fixed_batch(num_classes=4, size=64)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     net.train()

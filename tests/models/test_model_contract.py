@@ -9,13 +9,16 @@ published layouts, learning) lives in its family's file.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
 
 import pytest
 import torch
 
+from segkit.models.base import SegmentationNet
 from segkit.models.module import SegmentationModule
 from segkit.precision import bf16_units
+from tests.helpers import spec_of
 from tests.models.net_checks import MODEL_CONFIGS, check_output_shapes, config_maker, model_config
 
 ODD_SIZE = (33, 45)
@@ -34,10 +37,41 @@ def test_net_keeps_the_output_contract(name):
         bf16_training_step(net, in_channels=4)
 
 
+# UNet++'s deep supervision heads: auxiliary heads that no config switches on.
+DECLARATION_CASES = [(name, {}) for name in MODEL_CONFIGS] + [("unetpp", {"deep_supervision": True})]
+
+
+@pytest.mark.parametrize(
+    "name, options", DECLARATION_CASES, ids=[n + "".join(f"-{k}" for k in o) for n, o in DECLARATION_CASES]
+)
+def test_net_declares_its_trunk_and_auxiliary_heads(name, options):
+    """Every net is a ``SegmentationNet``: its trunk is ``backbone``, part of the net with a head besides, or None
+    for a net trained from scratch (never for one that loads pretrained weights); in training mode it returns one
+    output per declared auxiliary head, each with a published loss weight, and ``main_logits`` finds the logits.
+    Built and run on the meta device: names, parameters and shapes only."""
+    with torch.device("meta"):
+        net = config_maker(name, **options)(num_classes=3, in_channels=3)
+        out = net.train()(torch.empty(2, 3, 32, 32))
+    assert isinstance(net, SegmentationNet)
+    params = {id(p) for p in net.parameters()}
+    trunk = set()
+    if any(key.startswith("pretrained") or key == "weights_path" for key in model_config(name)):
+        assert net.backbone is not None, "pretrained weights need a declared trunk"
+    if net.backbone is not None:
+        trunk = {id(p) for p in net.backbone.parameters()}
+        assert trunk and trunk < params
+    aux = set(out) - {"out"} if isinstance(out, Mapping) else set()
+    assert aux == set(net.aux_heads), (aux, set(net.aux_heads))
+    assert aux <= set(net.default_aux_weights), (aux, dict(net.default_aux_weights))
+    for head in net.aux_heads.values():
+        assert {id(p) for p in head.parameters()} <= params - trunk
+    assert net.main_logits(out).shape == (2, 3, 32, 32)
+
+
 def bf16_training_step(net: torch.nn.Module, in_channels: int) -> None:
     """One training step (forward, main and auxiliary losses, backward, SGD update) under CPU bf16 autocast: the
     convolutions compute in bf16 and the loss, the gradients and the updated weights stay finite."""
-    module = SegmentationModule(net, torch.nn.CrossEntropyLoss(), partial(torch.optim.SGD, lr=0.01), num_classes=5)
+    module = SegmentationModule(net, torch.nn.CrossEntropyLoss(), partial(torch.optim.SGD, lr=0.01), spec=spec_of(5))
     conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
     dtypes = []
     hook = conv.register_forward_hook(lambda m, args, out: dtypes.append(out.dtype))

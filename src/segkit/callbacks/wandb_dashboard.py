@@ -1,26 +1,29 @@
-"""W&B dashboards: per-class IoU table, example predictions with masks, confusion-matrix figure; and a
-``WandbLogger`` whose group and tags come from the Hydra overrides so the runs of one sweep sit together."""
+"""W&B dashboards: per-class IoU table, example predictions with masks, confusion-matrix figure; a
+``WandbLogger`` whose group and tags come from the Hydra overrides so the runs of one sweep sit together; and a
+run's W&B bookends: the login checked before anything is built, the job's W&B run finished when it ends."""
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig
 from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.loggers import WandbLogger
-from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from segkit import SegkitError
+from segkit.cli import is_rank_zero
 from segkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from segkit.inference import at_label_size
 from segkit.metrics import scores_from_confusion
 from segkit.models.blocks import resize_to
+from segkit.results import job_overrides
 
 log = logging.getLogger("segkit")
 
@@ -71,6 +74,23 @@ def check_wandb_login(offline: bool = False, key: str = "logger.wandb") -> None:
         )
 
 
+def check_logger_logins(logger_cfg: DictConfig | None) -> None:
+    """A W&B logger of a run's ``logger`` group that would log online needs a login (``check_wandb_login``): checked
+    with the data, before the net is built."""
+    for name, item in (logger_cfg or {}).items():
+        if isinstance(item, DictConfig) and "wandb" in str(item.get("_target_", "")).lower():
+            check_wandb_login(offline=bool(item.get("offline")), key=f"logger.{name}")
+
+
+def finish_wandb_run(failed: bool) -> None:
+    """End this job's W&B run, so the next job of a multirun starts its own (WandbLogger reuses ``wandb.run``)."""
+    wandb = sys.modules.get("wandb")  # never imported here: a run without W&B has nothing to finish
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        run = wandb.run  # finish() clears wandb.run; its settings still say where it went
+        wandb.finish(exit_code=1 if failed else 0)
+        report_offline_run(run)
+
+
 def report_offline_run(run: Any) -> None:
     """After an offline W&B ``run`` has finished: where it was written and the command that uploads it (wandb's own
     closing lines are gone with WANDB_SILENT or a quiet console)."""
@@ -91,7 +111,7 @@ def run_id(run_dir: Path) -> str:
     import string
 
     value = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # W&B's id form
-    if rank_zero_only.rank == 0:  # rank 0 logs to W&B (Lightning reads RANK, LOCAL_RANK, SLURM_PROCID...)
+    if is_rank_zero():  # rank 0 logs to W&B
         from segkit.files import atomic_write_text
 
         atomic_write_text(path, value)
@@ -106,7 +126,7 @@ def hydra_run_labels() -> dict[str, Any]:
     if not HydraConfig.initialized():
         return {}
     hc = HydraConfig.get()
-    tags = overrides_to_tags(OmegaConf.to_container(hc.overrides.task, resolve=False))  # ${} as typed
+    tags = overrides_to_tags(job_overrides() or [])
     if hc.mode == RunMode.MULTIRUN:
         sweep = f"{hc.job.name}-{Path(hc.sweep.dir).name}"
         name = Path(hc.runtime.output_dir).name if hc.runtime.output_dir else ""  # the job folder: short, readable

@@ -2,110 +2,40 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 
-import cv2
-import numpy as np
+import albumentations as A
 import torch
 from pytorch_lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from segkit import SegkitError
+from segkit.data.input_spec import InputSpec
 from segkit.data.labels import LabelTable, load_table
+from segkit.data.pipeline import TransformedDataset, collate_eval
 from segkit.data.samplers import SeededSampler, UnpaddedDistributedSampler
-from segkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, NormalizeChannels, eval_transforms, train_transforms
+from segkit.data.transforms import check_focus_classes, train_transforms
+
+SPEC_KEYS = ("crop_size", "mean", "std", "ignore_index")
 
 
-class TransformedDataset(Dataset):
-    """Applies an albumentations pipeline to ``(image, mask)`` and returns ``(float CxHxW, int64 HxW)``.
-
-    Accepts an index or an ``(index, seed)`` pair from ``SeededSampler``; the seed fixes the augmentation.
-    With ``full_mask`` (validation and test) the mask is returned as read, at its original size, whatever the
-    transform does to the image: scores are computed at the labels' own resolution, the net's logits being
-    resized back to the mask (``segkit.inference.at_label_size``). Eval transforms may therefore resize the
-    image but must not crop or flip it.
-    """
-
-    def __init__(self, dataset: Dataset, transform: Callable | None, full_mask: bool = False) -> None:
-        self.dataset, self.transform, self.full_mask = dataset, transform, full_mask
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        index, seed = item if isinstance(item, tuple) else (item, None)
-        image, mask = self.dataset[index]
-        original = mask
-        mask = mask.astype(np.uint8)  # train ids < 256: OpenCV resizes/warps uint8 masks, not int64
-        if self.transform is not None:
-            if seed is not None:
-                self.transform.set_random_seed(seed)
-            out = self.transform(image=image, mask=mask)
-            image, mask = out["image"], out["mask"]
-        if not isinstance(image, torch.Tensor):
-            image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
-        mask = torch.as_tensor(np.asarray(original if self.full_mask else mask), dtype=torch.int64)
-        return image, mask
-
-
-def check_mask_fill(transform: Callable, ignore_index: int, table: str) -> None:
-    """Padding and rotation must fill masks with the table's ignore id, or the filled border trains as a class."""
-    for step in getattr(transform, "transforms", []):
-        if hasattr(step, "pad_if_needed"):  # crops fill only when they pad
-            pads = bool(step.pad_if_needed)
-        else:  # PadIfNeeded, rotations, affine warps
-            pads = getattr(step, "border_mode", None) == cv2.BORDER_CONSTANT
-        fill = getattr(step, "fill_mask", None) if pads else None
-        if fill is not None and not isinstance(fill, (list, tuple)) and int(fill) != ignore_index:
-            raise SegkitError(
-                f"data.train_transform fills masks with {int(fill)} ({type(step).__name__}) but label table "
-                f"'{table}' ignores {ignore_index}; set data.train_transform.ignore_index={ignore_index}"
-            )
-
-
-def check_focus_classes(transform: Callable, num_classes: int, table: str) -> None:
-    """``focus_classes`` are train ids of the table; one it does not have would silently never draw a crop."""
-    for step in getattr(transform, "transforms", []):
-        check_focus_classes(step, num_classes, table)  # FocusCrop sits inside OneOf
-        unknown = [c for c in getattr(step, "classes", None) or [] if not 0 <= c < num_classes]
-        if type(step).__name__ == "FocusCrop" and unknown:
-            raise SegkitError(
-                f"data.train_transform.focus_classes has {unknown}, not a train id of label table '{table}' "
-                f"(0-{num_classes - 1}); list train ids, e.g. [2] for CamVid's pole"
-            )
-
-
-def collate_eval(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple:
-    """Stacks images and masks where they agree in size; otherwise keeps them as lists, so a batch may mix
-    original sizes (full-resolution masks of a resized input, or whole images of different shapes)."""
-    images, masks = zip(*batch, strict=True)
-
-    def stack(items: tuple[torch.Tensor, ...]) -> torch.Tensor | list[torch.Tensor]:
-        return torch.stack(items) if len({tuple(t.shape) for t in items}) == 1 else list(items)
-
-    return stack(images), stack(masks)
-
-
-def _normalization(transform: Callable | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The mean/std of a pipeline's ``NormalizeChannels`` step (ImageNet's where it has none)."""
-    for step in getattr(transform, "transforms", []):
-        if isinstance(step, NormalizeChannels):
-            return step.mean, step.std
-    return IMAGENET_MEAN, IMAGENET_STD
-
-
-def _crop_size(transform: Callable | None) -> list[int] | None:
-    """``[height, width]`` of the crops a train pipeline feeds the net, or None where it trains on whole images."""
-    for step in getattr(transform, "transforms", []):
-        size = getattr(step, "size", None)  # RandomResizedCrop
-        if size is None and type(step).__name__ in ("RandomCrop", "FocusCrop"):
-            size = (step.height, step.width)
-        if size is not None and type(step).__name__ in ("RandomCrop", "FocusCrop", "RandomResizedCrop"):
-            return [int(size[0]), int(size[1])]
-        inner = _crop_size(step) if getattr(step, "transforms", None) else None  # OneOf(FocusCrop, RandomCrop)
-        if inner is not None:
-            return inner
-    return None
+def _train_factory(train_transform: Callable[..., Callable] | None) -> Callable[..., Callable]:
+    """``data.train_transform``: a factory of the augmentation options (``train_transforms`` by default). The crop
+    size, normalisation and mask fill come from the input spec and the label table, so a key for them here is
+    refused in one line rather than silently overridden."""
+    if train_transform is None:
+        return train_transforms
+    if isinstance(train_transform, (A.BaseCompose, A.BasicTransform)):
+        raise SegkitError(
+            "data.train_transform is a built pipeline; give a factory instead (_partial_: true), which segkit calls "
+            "with the input spec's crop_size, mean, std and the label table's ignore_index"
+        )
+    given = sorted(set(getattr(train_transform, "keywords", {}) or {}) & set(SPEC_KEYS))
+    if given:
+        where = "the label table's ignore_index" if given[0] == "ignore_index" else f"data.input.{given[0]}"
+        raise SegkitError(f"data.train_transform.{given[0]} is set by {where}; remove it from data.train_transform")
+    return train_transform
 
 
 class SegmentationDataModule(LightningDataModule):
@@ -115,8 +45,11 @@ class SegmentationDataModule(LightningDataModule):
         dataset: a factory ``dataset(split=..., labels=LabelTable) -> Dataset`` (a Hydra ``_partial_``).
         labels: the label table: its YAML mapping, a ``LabelTable``, a table YAML path or a shipped table's name.
         splits: stage -> the dataset's split name, e.g. ``{train: train, val: val, test: test}``.
-        train_transform / val_transform: albumentations pipelines (defaults: ``train_transforms()`` /
-            ``eval_transforms()``).
+        input: ``data.input``, the net's input spec (``mean``, ``std``, training ``crop_size``, ``eval_size``), or an
+            ``InputSpec`` whose label table and channels must be this data's; ``self.spec`` is built from it once.
+        train_transform: the augmentation pipeline's factory (a Hydra ``_partial_`` of ``train_transforms``, the
+            default), called with the spec's crop size, mean/std and the table's ignore id. Validation and test use
+            ``spec.eval_transform()`` (normalisation; the net sees ``eval_size`` through ``spec.inference()``).
         unknown_ids: ``error`` or ``ignore`` for mask values the table does not know (overrides the table).
         in_channels: the image channels the datasets return (3, or 4 for RGB-D); None: 4 with
             ``use_depth`` else 3.
@@ -130,8 +63,8 @@ class SegmentationDataModule(LightningDataModule):
         dataset: Callable[..., Dataset],
         labels: Mapping | LabelTable | str,
         splits: Mapping[str, str | None] | None = None,
-        train_transform: Callable | None = None,
-        val_transform: Callable | None = None,
+        input: Mapping | InputSpec | None = None,  # noqa: A002 - the config key users write: data.input
+        train_transform: Callable[..., Callable] | None = None,
         batch_size: int = 8,
         val_batch_size: int | None = None,
         num_workers: int = 0,
@@ -162,10 +95,13 @@ class SegmentationDataModule(LightningDataModule):
         self.use_depth = use_depth
         self.dataset_factory = dataset
         self.splits = dict(splits or {"train": "train", "val": "val", "test": "test"})
-        self.train_transform = (
-            train_transform if train_transform is not None else train_transforms(ignore_index=self.ignore_index)
-        )
-        self.val_transform = val_transform if val_transform is not None else eval_transforms()
+        if isinstance(input, InputSpec):
+            if input.labels.names != self.labels.names or input.in_channels != in_channels:
+                raise SegkitError("the input spec's label table and channels must be the data's own")
+            self.spec = dataclasses.replace(input, labels=self.labels)
+        else:
+            self.spec = InputSpec.from_config(input, self.labels, in_channels)
+        self.train_transform = self.spec.train_transform(_train_factory(train_transform))
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.num_workers = num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
@@ -184,21 +120,26 @@ class SegmentationDataModule(LightningDataModule):
     def ignore_index(self) -> int:
         return self.labels.ignore_index
 
-    def describe(self) -> dict:
-        """What a model trained on this data needs to be used without it, as plain types: the label table (names,
-        colours, source ids, ignore index) and the input format (channels, normalisation, training input size).
-        The training module stores it in every checkpoint (``segkit.loading.LoadedModel`` reads it back)."""
-        mean, std = _normalization(self.val_transform)
-        return {
-            "class_names": list(self.labels.names),
-            "colors": [[int(c) for c in color] for color in self.labels.colors],
-            "source_ids": [[int(i) for i in ids] for ids in self.labels.source_ids],
-            "ignore_index": int(self.ignore_index),
-            "in_channels": int(self.in_channels),
-            "mean": list(mean),
-            "std": list(std),
-            "input_size": _crop_size(self.train_transform),
-        }
+    def adopt_input(self, spec: InputSpec) -> None:
+        """Evaluate a trained net on this data: its input spec (normalisation, eval size) replaces this config's,
+        this data's label table stays (it reads this dataset's masks) but must have the net's classes."""
+        if spec.num_classes != self.num_classes:
+            raise SegkitError(
+                f"the net predicts {spec.num_classes} classes but data '{self.name}' has {self.num_classes}; evaluate "
+                "on the dataset it was trained on or pick a data= group with its label table"
+            )
+        if spec.class_names != self.class_names:
+            raise SegkitError(
+                f"the net was trained on classes {list(spec.class_names)} but data '{self.name}' (table "
+                f"'{self.labels.name}') has {list(self.class_names)}; choose the label table it was trained with "
+                "(data/labels=...)"
+            )
+        if spec.in_channels != self.in_channels:
+            raise SegkitError(
+                f"the net takes {spec.in_channels}-channel images but data '{self.name}' gives {self.in_channels}"
+            )
+        self.spec = dataclasses.replace(spec, labels=self.labels)
+        self._datasets = {k: v for k, v in self._datasets.items() if k == "train"}
 
     def split_dataset(self, stage: str) -> Dataset:
         """The transformed dataset of ``stage`` (train / val / test), built once."""
@@ -206,9 +147,8 @@ class SegmentationDataModule(LightningDataModule):
             split = self.splits.get(stage)
             if split is None:
                 raise SegkitError(f"data.splits has no split for stage '{stage}'; set data.splits.{stage}=<name>")
-            transform = self.train_transform if stage == "train" else self.val_transform
+            transform = self.train_transform if stage == "train" else self.spec.eval_transform()
             if stage == "train":
-                check_mask_fill(self.train_transform, self.ignore_index, self.labels.name)
                 check_focus_classes(self.train_transform, self.labels.num_classes, self.labels.name)
             self._datasets[stage] = TransformedDataset(self.raw_dataset(stage), transform, full_mask=stage != "train")
         return self._datasets[stage]

@@ -21,7 +21,11 @@ from segkit import SegkitError
 from segkit.visualize import default_color
 
 IGNORE_INDEX = 255
-TABLES_DIR = Path(__file__).resolve().parents[3] / "conf" / "data" / "labels"
+def tables_dir() -> Path:
+    """The shipped label tables (``conf/data/labels``)."""
+    from segkit.files import conf_dir
+
+    return conf_dir() / "data" / "labels"
 log = logging.getLogger("segkit")
 
 Color = tuple[int, int, int]
@@ -276,9 +280,9 @@ def _read_table_file(spec: str) -> dict:
 
     path = Path(spec).expanduser()
     if not path.is_file():
-        path = TABLES_DIR / f"{spec}.yaml"
+        path = tables_dir() / f"{spec}.yaml"
     if not path.is_file():
-        shipped = sorted(p.stem for p in TABLES_DIR.glob("*.yaml"))
+        shipped = sorted(p.stem for p in tables_dir().glob("*.yaml"))
         raise SegkitError(f"label table '{spec}' is neither a YAML file nor a shipped table; shipped: {shipped}")
     data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     if not isinstance(data, dict):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -18,35 +17,19 @@ from segkit.data.labels import LabelTable
 from segkit.visualize import colorize, legend_strip
 from segkit.visualize import overlay as blend
 
-CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
-
 
 def compose_datamodule(overrides: Sequence[str], config_name: str = "train"):
     """``SegmentationDataModule`` of ``conf/<config_name>.yaml`` + overrides, outside a Hydra run. A mistaken
     override or data config is a ``SegkitError`` of one line, as for the entry points (``segkit.config_errors``)."""
-    import hydra
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import open_dict
-
-    from segkit.cli import segkit_cause
+    from segkit.build import build_datamodule, compose
     from segkit.config_errors import explain_config_error
 
-    def composed(items: list[str]):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name=config_name, overrides=items)
-
     try:
-        cfg = composed(list(overrides))
-        with open_dict(cfg):
-            cfg.paths.root_dir = str(Path.cwd())  # ${hydra:runtime.cwd} exists only inside a Hydra run
-        return hydra.utils.instantiate(cfg.data)
+        return build_datamodule(compose(config_name, list(overrides)))
+    except SegkitError:
+        raise
     except Exception as err:
-        cause = segkit_cause(err)
-        if cause is not None:
-            raise cause from None
-        line = explain_config_error(err, list(overrides), composed)
+        line = explain_config_error(err, list(overrides), lambda items: compose(config_name, items))
         if line is None:
             raise
         raise SegkitError(line) from None

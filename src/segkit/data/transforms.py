@@ -6,7 +6,7 @@ and resizing uses nearest neighbour; the wrapper turns them into int64 tensors a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import albumentations as A
 import cv2
@@ -68,6 +68,18 @@ class FocusCrop(A.CropNonEmptyMaskIfExists):
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ("height", "width", "classes")
+
+
+def check_focus_classes(transform: Callable, num_classes: int, table: str) -> None:
+    """``focus_classes`` are train ids of the table; one it does not have would silently never draw a crop."""
+    for step in getattr(transform, "transforms", []):
+        check_focus_classes(step, num_classes, table)  # FocusCrop sits inside OneOf
+        unknown = [c for c in getattr(step, "classes", None) or [] if not 0 <= c < num_classes]
+        if type(step).__name__ == "FocusCrop" and unknown:
+            raise SegkitError(
+                f"data.train_transform.focus_classes has {unknown}, not a train id of label table '{table}' "
+                f"(0-{num_classes - 1}); list train ids, e.g. [2] for CamVid's pole"
+            )
 
 
 MAX_SIDE = 8192  # pixels; larger sizes are typos (or hostile stored configs) that would allocate gigabytes
@@ -172,24 +184,6 @@ def train_transforms(
                 saturation=color_jitter,
                 hue=min(0.5, color_jitter / 4),
                 p=0.8,
-            )
-        )
-    steps += [NormalizeChannels(mean=mean, std=std), ToTensorV2()]
-    return A.Compose(steps)
-
-
-def eval_transforms(
-    resize: Sequence[int] | None = None,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-) -> A.Compose:
-    """Normalise only, or resize first (masks by nearest neighbour)."""
-    check_size("data.val_transform.resize", None if resize is None else list(resize))
-    steps: list[A.BasicTransform] = []
-    if resize is not None:
-        steps.append(
-            A.Resize(
-                int(resize[0]), int(resize[1]), interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST
             )
         )
     steps += [NormalizeChannels(mean=mean, std=std), ToTensorV2()]

@@ -1,1 +1,2 @@
-"""Networks (plain ``nn.Module``s in ``nets/``), backbones, and the one SegmentationModule."""
+"""Networks (``SegmentationNet`` subclasses in ``nets/``, the contract in ``base``), backbones, and the one
+SegmentationModule."""

@@ -185,5 +185,5 @@ def bilinear_upsampler(
 
 def main_logits(out: torch.Tensor | Mapping[str, torch.Tensor]) -> torch.Tensor:
     """The B x K x H x W logits of a net's output: the tensor itself, or ``out["out"]`` of a net that also
-    returns auxiliary outputs (the net contract)."""
+    returns auxiliary outputs (the net contract: ``segkit.models.base.SegmentationNet``)."""
     return out["out"] if isinstance(out, Mapping) else out

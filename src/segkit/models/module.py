@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pytorch_lightning import LightningModule
 from torch import nn
 
 from segkit import NonFiniteLossError, SegkitError
+from segkit.data.input_spec import InputSpec
+from segkit.data.pipeline import same_size_groups
 from segkit.inference import at_label_size
 from segkit.metrics import SegmentationMetrics
-from segkit.models.blocks import main_logits
-
-
-def split_model_config(model_cfg: Mapping) -> tuple[dict[str, Any], dict[str, float] | None]:
-    """A stored ``model`` config -> (the net's own arguments, the ``aux_weights`` it still carries, or None).
-
-    Auxiliary loss weights are a training concern: the top-level ``aux_weights`` key overrides them, and without it
-    the module takes the net's published ``default_aux_weights``. Configs written before that move carried them
-    inside ``model``; the checkpoint loader drops them with this, and training refuses them with the new spelling.
-    """
-    from omegaconf import DictConfig, OmegaConf
-
-    cfg = OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig) else dict(model_cfg)
-    aux_weights = cfg.pop("aux_weights", None)
-    return cfg, (dict(aux_weights) if aux_weights is not None else None)
+from segkit.models.blocks import main_logits, resize_to
+from segkit.models.targets import class_presence, masks_at_size
+from segkit.rng import restore_rng_states, rng_states
 
 
 def merge_aux_weights(net: nn.Module, aux_weights: Mapping[str, float] | None) -> dict[str, float]:
@@ -57,14 +45,13 @@ class SegmentationModule(LightningModule):
             keywords shape the parameter groups (see ``configure_optimizers``).
         scheduler: ``scheduler(optimizer, total_steps=...) -> LRScheduler`` stepped per step (or a Lightning
             scheduler dict with its own interval/monitor), or None.
-        num_classes / ignore_index / class_names: from the data module.
+        spec: the data module's ``InputSpec`` (label table, channels, normalisation, crop and eval sizes):
+            validation runs the net at ``spec.eval_size`` as eval and predict do, and every checkpoint stores it.
         aux_weights: output name -> loss weight for auxiliary heads, e.g. ``{"aux": 0.4}``, over the net's
             ``default_aux_weights`` (the weights its paper trains with): the heads it names take its weights, the
             others keep the net's (0 leaves a head untrained; the net's own switch, e.g. ``aux=false``, removes it).
         config: the resolved run config, stored in checkpoints and shown to loggers.
         channels_last: keep the net and the input batches in NHWC memory format.
-        data_facts: ``SegmentationDataModule.describe()``: label table and input format, stored in checkpoints so a
-            loaded model describes itself.
     """
 
     precision_reason: str | None = None  # why the run trains in its precision (segkit.precision); checkpointed
@@ -74,24 +61,21 @@ class SegmentationModule(LightningModule):
         net: nn.Module,
         loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         optimizer: Callable[..., torch.optim.Optimizer],
-        num_classes: int,
+        spec: InputSpec,
         scheduler: Callable[..., Any] | None = None,
-        ignore_index: int = 255,
-        class_names: Sequence[str] | None = None,
         aux_weights: Mapping[str, float] | None = None,
         config: Mapping | None = None,
         channels_last: bool = False,
-        data_facts: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(dict(config or {}))
         self.net, self.loss_fn = net, loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.num_classes, self.ignore_index = num_classes, ignore_index
-        self.class_names = tuple(class_names) if class_names else tuple(str(i) for i in range(num_classes))
+        self.spec = spec
+        self.num_classes, self.ignore_index, self.class_names = spec.num_classes, spec.ignore_index, spec.class_names
         self.aux_weights = merge_aux_weights(net, aux_weights)
         self.channels_last = channels_last
-        self.data_facts = dict(data_facts or {})
+        num_classes, ignore_index = self.num_classes, self.ignore_index
         if channels_last:  # NHWC: faster convolutions on tensor cores and with bf16/fp16 autocast
             self.net = self.net.to(memory_format=torch.channels_last)
             self.net.register_forward_pre_hook(_channels_last_input)
@@ -136,14 +120,11 @@ class SegmentationModule(LightningModule):
 
     def _eval_step(self, batch, metrics: SegmentationMetrics, prefix: str) -> None:
         """Scores at the labels' own resolution: logits of a resized input are resized back to each mask (see
-        ``TransformedDataset(full_mask=True)``). The loss is the training loss where the net's output already
-        has the mask's size, else the main head's loss at the mask's size. A list of images (mixed sizes) runs
-        one image at a time."""
+        ``segkit.data.pipeline.TransformedDataset(full_mask=True)``). The loss is the training loss where the net's
+        output already has the mask's size, else the main head's loss at the mask's size. A list of images (mixed
+        sizes) runs one image at a time (``same_size_groups``)."""
         images, masks = batch
-        if isinstance(images, torch.Tensor):
-            batches = [(self.net(images), masks)]
-        else:
-            batches = [(self.net(image[None]), mask[None]) for image, mask in zip(images, masks, strict=True)]
+        batches = [(self.net(self._at_eval_size(group)), target) for group, target in same_size_groups(images, masks)]
         total, count = 0.0, 0
         for outputs, target in batches:
             logits = main_logits(outputs)
@@ -159,6 +140,11 @@ class SegmentationModule(LightningModule):
         self.log(
             f"{prefix}/loss", total / count, on_epoch=True, prog_bar=prefix == "val", sync_dist=True, batch_size=count
         )
+
+    def _at_eval_size(self, images: torch.Tensor) -> torch.Tensor:
+        """The images at the spec's ``eval_size`` (as ``segkit.inference.Resized`` gives eval and predict them)."""
+        size = self.spec.eval_size
+        return images if size is None or tuple(images.shape[-2:]) == size else resize_to(images, size)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val")
@@ -226,18 +212,9 @@ class SegmentationModule(LightningModule):
                 f"weight '{bad}' is not finite at step {self.global_step}; no checkpoint written. Try a lower "
                 f"optimizer.lr, trainer.gradient_clip_val=1.0, or trainer.precision=32-true"
             )
-        checkpoint["rng_states"] = {
-            "torch": torch.get_rng_state(),
-            "numpy": _numpy_state_to_plain(np.random.get_state()),
-            "python": random.getstate(),
-        }
-        if torch.cuda.is_available() and torch.cuda.is_initialized():  # GPU dropout/augmentation resume exactly too
-            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint["rng_states"] = rng_states()
         checkpoint["segkit"] = {
-            **self.data_facts,
-            "class_names": list(self.class_names),
-            "num_classes": self.num_classes,
-            "ignore_index": self.ignore_index,
+            "input": self.spec.to_record(),  # what eval and predict apply the net with (segkit.loading reads it)
             # a resume keeps it, eval/predict's precision=auto take it
             "precision": str(self._trainer.precision) if self._trainer is not None else None,
             "precision_reason": self.precision_reason,
@@ -245,20 +222,8 @@ class SegmentationModule(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         states = checkpoint.get("rng_states")
-        if not states:
-            return
-        try:
-            torch.set_rng_state(states["torch"])
-            np.random.set_state(_plain_to_numpy_state(states["numpy"]))
-            random.setstate(tuple(states["python"]))
-            cuda = states.get("cuda")
-            if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-                torch.cuda.set_rng_state_all(cuda)
-        except (TypeError, ValueError, KeyError, IndexError, RuntimeError, AttributeError) as err:
-            raise SegkitError(
-                f"the checkpoint's rng_states are malformed ({type(err).__name__}); resume from a last.ckpt "
-                "written by src/train.py"
-            ) from None
+        if states:
+            restore_rng_states(states)
 
 
 def _channels_last_input(net: nn.Module, args: tuple) -> tuple:
@@ -266,57 +231,3 @@ def _channels_last_input(net: nn.Module, args: tuple) -> tuple:
     if args and isinstance(args[0], torch.Tensor) and args[0].ndim == 4:
         return (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
     return args
-
-
-def _numpy_state_to_plain(state: tuple) -> tuple:
-    """NumPy's RNG state with plain types, so checkpoints load with ``weights_only=True``."""
-    name, keys, pos, has_gauss, cached = state
-    return name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)
-
-
-def _plain_to_numpy_state(state: tuple) -> tuple:
-    name, keys, pos, has_gauss, cached = state
-    return name, keys.numpy().astype(np.uint32), pos, has_gauss, cached
-
-
-def aux_stride(label_size: Sequence[int], output_size: Sequence[int]) -> int | None:
-    """The power-of-two stride ``s`` at which a map of ``output_size`` covers a ``label_size`` input (``ceil(H /
-    s)`` x ``ceil(W / s)`` cells, as a net that pads its input to a multiple of its stride and crops back gives),
-    or None."""
-    (height, width), target, stride = label_size, tuple(output_size), 1
-    while stride <= max(height, width):
-        if (-(-height // stride), -(-width // stride)) == target:
-            return stride
-        stride *= 2
-    return None
-
-
-def masks_at_size(masks: torch.Tensor, size: Sequence[int], ignore_index: int = 255) -> torch.Tensor:
-    """B x H x W train ids at the size of a coarser auxiliary output (ICNet's cascade label guidance): the label at
-    the centre of each ``stride`` x ``stride`` cell the output predicts, the cells past the mask's edge padded with
-    ``ignore_index`` as the net padded its input, so labels are never interpolated nor shifted. The masks themselves
-    when already that size; a size that is no power-of-two fraction of the mask is an error."""
-    if tuple(masks.shape[-2:]) == tuple(size):
-        return masks
-    stride = aux_stride(masks.shape[-2:], size)
-    if stride is None:
-        raise SegkitError(
-            f"an auxiliary output of size {tuple(size)} does not cover the {tuple(masks.shape[-2:])} mask at a "
-            "power-of-two stride; a net's auxiliary maps must be its input size or ceil(size / 2**k) (crop them back "
-            "as segkit.models.nets.icnet does)"
-        )
-    height, width = size
-    padded = F.pad(
-        masks, (0, width * stride - masks.shape[-1], 0, height * stride - masks.shape[-2]), value=ignore_index
-    )
-    return padded[..., stride // 2 :: stride, stride // 2 :: stride]
-
-
-def class_presence(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """B x H x W train ids -> B x K floats, 1 where the class occurs in that image (ignore pixels skipped)."""
-    valid = (masks >= 0) & (masks < num_classes)
-    flat = torch.where(valid, masks, torch.full_like(masks, num_classes)).flatten(1)
-    counts = torch.zeros(masks.shape[0], num_classes + 1, device=masks.device).scatter_add_(
-        1, flat, torch.ones_like(flat, dtype=torch.float32)
-    )
-    return (counts[:, :num_classes] > 0).float()

@@ -16,10 +16,10 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from segkit import SegkitError
+from segkit.build import build_net, model_config, model_names
 from segkit.inference import resolve_device
-from segkit.loading import build_net
 from segkit.precision import settle_inference_precision
-from segkit.profiling import latency_ms, model_config, model_names, size_and_flops
+from segkit.profiling import latency_ms, size_and_flops
 
 log = logging.getLogger("segkit")
 

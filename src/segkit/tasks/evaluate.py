@@ -1,7 +1,8 @@
 """What ``src/eval.py`` runs: score a loaded model on a split with an inference mode, write the report.
 
-The data comes from the checkpoint's own run config (or the run directory's ``.hydra/config.yaml``) unless a
-``data=`` group is chosen, so ``python src/eval.py ckpt=...`` scores exactly what training validated on.
+The data comes from the checkpoint's own run config unless a ``data=`` group is chosen; either way the net is
+applied with its checkpoint's input spec (normalisation, eval size), so ``python src/eval.py ckpt=...`` scores
+exactly what training validated, whatever data group, folder or split it is pointed at.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from segkit import SegkitError
-from segkit.data.datamodule import SegmentationDataModule, collate_eval
-from segkit.inference import Inference, at_label_size, predict_probs, resolve_device
+from segkit.build import build_datamodule
+from segkit.data.datamodule import SegmentationDataModule
+from segkit.data.pipeline import collate_eval, same_size_groups
+from segkit.inference import Inference, at_label_size, mode_for, predict_probs, resolve_device
 from segkit.loading import LoadedModel, load_model
-from segkit.metrics import SegmentationMetrics, scores_from_confusion
+from segkit.metrics import MEAN_SCORES, SegmentationMetrics, flat_scores, scores_from_confusion
 from segkit.precision import settle_inference_precision
 from segkit.safe_config import build_stored_data
-from segkit.tasks.train import instantiate_datamodule
 from segkit.visualize import colorize, save_confusion_png
 
 log = logging.getLogger("segkit")
@@ -37,35 +39,18 @@ def datamodule_for(
     model: LoadedModel, chosen: DictConfig | None = None, data_root: str | None = None
 ) -> SegmentationDataModule:
     """The ``chosen`` data config (a ``data=`` group), else the one the model was trained with; ``data_root``
-    re-points its folder. Its label table must be the model's."""
+    re-points its folder. Its label table must have the model's classes; the model's input spec replaces the data
+    config's (``adopt_input``)."""
     if chosen:  # the user's own data= group: their config, built by Hydra
         data_cfg = OmegaConf.create(OmegaConf.to_container(chosen, resolve=True))
         if data_root:
             data_cfg.root = str(data_root)
-        datamodule = instantiate_datamodule(data_cfg)
-    elif model.config.get("data"):  # the checkpoint's own: inert data, mapped onto segkit's data classes only
-        datamodule = build_stored_data(model.config["data"], f"checkpoint '{model.path}'", root=data_root)
-    else:
-        raise SegkitError("the checkpoint stores no data config; choose one, e.g. data=camvid data.root=...")
-    if datamodule.num_classes != model.num_classes:
-        raise SegkitError(
-            f"checkpoint '{model.path}' predicts {model.num_classes} classes but data '{datamodule.name}' has "
-            f"{datamodule.num_classes}; evaluate on the dataset it was trained on or pick a matching data= group"
-        )
-    if tuple(datamodule.class_names) != tuple(model.class_names):
-        raise SegkitError(
-            f"checkpoint '{model.path}' was trained on classes {list(model.class_names)} but data "
-            f"'{datamodule.name}' (table '{datamodule.labels.name}') has {list(datamodule.class_names)}; "
-            f"choose the label table it was trained with (data/labels=...)"
-        )
-    return datamodule
-
-
-def _same_size_groups(images, masks) -> list[tuple[torch.Tensor, Any]]:
-    """A stacked batch as is; a list of mixed-size images one at a time (with its mask)."""
-    if isinstance(images, torch.Tensor):
-        return [(images, masks)]
-    return [(image[None], mask[None]) for image, mask in zip(images, masks, strict=True)]
+        datamodule = build_datamodule(OmegaConf.create({"data": data_cfg}))
+        datamodule.adopt_input(model.spec)
+        return datamodule
+    if model.config.get("data"):  # the checkpoint's own: inert data, mapped onto segkit's data classes only
+        return build_stored_data(model.config["data"], f"checkpoint '{model.path}'", model.spec, root=data_root)
+    raise SegkitError("the checkpoint stores no data config; choose one, e.g. data=camvid data.root=...")
 
 
 def sample_names(dataset: Any, count: int) -> list[str]:
@@ -92,7 +77,7 @@ class MaskWriter:
         unknown = set(self.formats) - {"train_ids", "color", "label_ids"}
         if unknown:
             raise SegkitError(f"prediction_formats {sorted(unknown)} unknown; use train_ids, color, label_ids")
-        self.to_label_ids = model.to_source_ids if model.source_ids else None
+        self.to_label_ids = model.to_source_ids if any(model.spec.labels.source_ids) else None
         if "label_ids" in self.formats and self.to_label_ids is None:
             log.warning(f"checkpoint '{model.path}' stores no source ids; skipping label-id PNGs")
             self.formats.remove("label_ids")
@@ -143,7 +128,7 @@ def evaluate_from_config(cfg: DictConfig) -> dict[str, float]:
         model,
         datamodule_for(model, cfg.get("data"), cfg.data_root),  # data: an optional group, absent by default
         split=str(cfg.split),
-        mode=hydra.utils.instantiate(cfg.inference),
+        mode=mode_for(model.spec, hydra.utils.instantiate(cfg.inference) if cfg.get("inference") else None),
         output_dir=Path(str(cfg.output_dir)),
         device=device,
         precision=precision,
@@ -182,7 +167,7 @@ def evaluate(
     metrics = SegmentationMetrics(model.num_classes, datamodule.ignore_index, model.class_names).to(device)
     seen = 0
     for images, masks in tqdm(loader, desc=f"eval {split}", disable=not progress):
-        for batch, targets in _same_size_groups(images, masks):
+        for batch, targets in same_size_groups(images, masks):
             try:
                 probs = predict_probs(model.net, batch.to(device), mode, precision)
             except torch.OutOfMemoryError as err:
@@ -200,15 +185,14 @@ def evaluate(
 
     confusion = metrics.confmat.detach().cpu()
     scores = scores_from_confusion(confusion)
-    flat = {f"{split}/{k}": float(scores[k]) for k in ("mIoU", "pixAcc", "mAcc", "fwIoU")}
-    flat.update({f"{split}/IoU/{n}": float(v) for n, v in zip(model.class_names, scores["IoU"].tolist(), strict=True)})
+    flat = flat_scores(scores, model.class_names, split)
     report = {
         "checkpoint": str(model.path),
         "data": datamodule.name,
         "split": split,
         "images": len(names),
         "inference": repr(mode),
-        **{k: float(scores[k]) for k in ("mIoU", "pixAcc", "mAcc", "fwIoU")},
+        **{k: float(scores[k]) for k in MEAN_SCORES},
         "IoU": {n: _plain(v) for n, v in zip(model.class_names, scores["IoU"].tolist(), strict=True)},
         "Acc": {n: _plain(v) for n, v in zip(model.class_names, scores["Acc"].tolist(), strict=True)},
         "confusion": confusion.tolist(),

@@ -10,8 +10,9 @@ from omegaconf import DictConfig
 from torch import nn
 
 from segkit import SegkitError
+from segkit.build import build_net
 from segkit.exporters import export_onnx, export_torchscript
-from segkit.loading import build_net, load_model
+from segkit.loading import load_model
 
 log = logging.getLogger("segkit")
 

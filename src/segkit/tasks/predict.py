@@ -20,15 +20,14 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from segkit import SegkitError
-from segkit.data.datasets.base import read_image
-from segkit.inference import Inference, WholeImage, predict_probs, resolve_device
+from segkit.data.datasets.base import IMAGE_SUFFIXES, read_image
+from segkit.inference import Inference, mode_for, predict_probs, resolve_device
 from segkit.loading import LoadedModel, load_model
 from segkit.precision import settle_inference_precision
 from segkit.visualize import colorize, draw_legend, overlay, write_rgb
 
 log = logging.getLogger("segkit")
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 
 
@@ -38,7 +37,8 @@ def collect_inputs(spec: str) -> tuple[list[Path], Path]:
     if path.is_file():
         return [path], path.parent
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+        media = {*IMAGE_SUFFIXES, *VIDEO_SUFFIXES}
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in media)
         base = path
     elif glob.has_magic(spec):
         files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
@@ -57,18 +57,17 @@ def _common_parent(files: Sequence[Path]) -> str:
 
 
 class Predictor:
-    """Turns RGB uint8 images into train-id maps with a loaded model, an inference mode and a device."""
+    """Turns RGB uint8 images into train-id maps with a loaded model, an inference mode (default: the model's own,
+    ``mode_for``) and a device. Images are normalised by the model's input spec, exactly as eval reads them."""
 
     def __init__(self, model: LoadedModel, mode=None, device: torch.device | str = "cpu", precision: str = "fp32"):
-        self.model, self.mode = model, mode or WholeImage()
+        self.model, self.mode = model, mode_for(model.spec, mode)
         self.device, self.precision = torch.device(device), precision
-        self.mean = torch.tensor(model.mean[:3], device=self.device).view(1, -1, 1, 1) * 255.0
-        self.std = torch.tensor(model.std[:3], device=self.device).view(1, -1, 1, 1) * 255.0
 
     def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Equal-size H x W x 3 uint8 RGB images -> N x H x W uint8 train ids."""
-        batch = torch.from_numpy(np.stack(images)).to(self.device).permute(0, 3, 1, 2).float()
-        probs = predict_probs(self.model.net, (batch - self.mean) / self.std, self.mode, self.precision)
+        batch = torch.stack([self.model.spec.normalize(image) for image in images]).to(self.device)
+        probs = predict_probs(self.model.net, batch, self.mode, self.precision)
         return probs.argmax(1).to(torch.uint8).cpu().numpy()
 
 
@@ -164,7 +163,7 @@ def predict_from_config(cfg: DictConfig) -> dict[str, float]:
         model,
         str(cfg.input),
         Path(str(cfg.output)).expanduser(),
-        mode=hydra.utils.instantiate(cfg.inference),
+        mode=mode_for(model.spec, hydra.utils.instantiate(cfg.inference) if cfg.get("inference") else None),
         device=device,
         precision=settle_inference_precision(cfg.precision, device, model),
         batch_size=max(1, int(cfg.batch_size)),
@@ -180,7 +179,7 @@ def predict(
     inputs: str,
     out_dir: Path,
     *,
-    mode: Inference,
+    mode: Inference | None,
     device: torch.device,
     precision: str,
     batch_size: int,
@@ -197,6 +196,7 @@ def predict(
         )
     files, base = collect_inputs(inputs)
     predictor = Predictor(model, mode, device, precision)
+    mode = predictor.mode
     writer = OverlayWriter(out_dir, model, alpha, legend, save_ids)
     images = [f for f in files if f.suffix.lower() not in VIDEO_SUFFIXES]
     videos = [f for f in files if f.suffix.lower() in VIDEO_SUFFIXES]

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segkit.models.base import SegmentationNet
 from segkit.models.blocks import ConvBN, ConvBNReLU, FCNHead, crop_to, pad_to_multiple, resize_to
 
 
@@ -154,9 +155,10 @@ class SegmentHead(nn.Module):
         return self.layers(x)
 
 
-class BiSeNetV2(nn.Module):
+class BiSeNetV2(SegmentationNet):
     """BiSeNet V2; ``aux_heads`` adds the four booster heads (train mode only), each trained with loss weight 1 as
-    in the paper (Sec. 3.4, the booster training strategy)."""
+    in the paper (Sec. 3.4, the booster training strategy). Trained from scratch, it has no pretrained trunk
+    (``backbone`` is None); ``forward`` is its own: the boosters read the semantic branch's stages."""
 
     default_aux_weights = {"aux2": 1.0, "aux3": 1.0, "aux4": 1.0, "aux5": 1.0}
 
@@ -175,15 +177,13 @@ class BiSeNetV2(nn.Module):
         self.semantic = SemanticBranch(in_channels, expansion)
         self.aggregation = BilateralGuidedAggregation(128)
         self.head = SegmentHead(128, head_channels, num_classes, dropout)
-        self.boosters = (
-            nn.ModuleDict(
-                {
-                    f"aux{i}": SegmentHead(c, booster_channels, num_classes, dropout)
-                    for i, c in zip((2, 3, 4, 5), (16, 32, 64, 128))
-                }
-            )
+        self.aux_heads = nn.ModuleDict(
+            {
+                f"aux{i}": SegmentHead(c, booster_channels, num_classes, dropout)
+                for i, c in zip((2, 3, 4, 5), (16, 32, 64, 128))
+            }
             if aux_heads
-            else None
+            else {}
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
@@ -191,9 +191,9 @@ class BiSeNetV2(nn.Module):
         full = padded.shape[-2:]
         semantic, stages = self.semantic(padded)
         out = crop_to(resize_to(self.head(self.aggregation(self.detail(padded), semantic)), full), size)
-        if self.boosters is None or not self.training:
+        if not (self.training and self.aux_heads):
             return out
         result = {"out": out}
-        for (name, head), feat in zip(self.boosters.items(), stages):
+        for (name, head), feat in zip(self.aux_heads.items(), stages):
             result[name] = crop_to(resize_to(head(feat), full), size)
         return result

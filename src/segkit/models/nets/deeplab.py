@@ -16,6 +16,7 @@ from torch import nn
 
 from segkit import SegkitError
 from segkit.models.backbones import build_backbone
+from segkit.models.base import SegmentationNet
 from segkit.models.blocks import ASPP, ConvBNReLU, FCNHead, SeparableConvBNReLU, resize_to
 
 
@@ -25,7 +26,7 @@ def aspp_rates(output_stride: int) -> tuple[int, int, int]:
     return (6, 12, 18) if output_stride == 16 else (12, 24, 36)
 
 
-class DeepLabV3(nn.Module):
+class DeepLabV3(SegmentationNet):
     """DeepLabv3: returns ``{"out", "aux"}`` in train mode when ``aux``, the logits otherwise.
 
     The auxiliary FCN head on layer3 is trained with loss weight 0.5, as in torchvision's reference recipe.
@@ -48,18 +49,16 @@ class DeepLabV3(nn.Module):
         self.backbone = build_backbone(backbone, in_channels, output_stride, pretrained, weights_path)
         c3, c4 = self.backbone.channels[2:]
         self.head = nn.Sequential(ASPP(c4, rates), ConvBNReLU(256, 256, 3), nn.Conv2d(256, num_classes, 1))
-        self.aux_head = FCNHead(c3, num_classes) if aux else None
+        self.aux_heads = nn.ModuleDict({"aux": FCNHead(c3, num_classes)} if aux else {})
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
-        size = x.shape[-2:]
-        _, _, c3, c4 = self.backbone(x)
-        out = resize_to(self.head(c4), size)
-        if self.training and self.aux_head is not None:
-            return {"out": out, "aux": resize_to(self.aux_head(c3), size)}
-        return out
+    def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.head(features[3])
+
+    def aux_logits(self, features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {name: head(features[2]) for name, head in self.aux_heads.items()}
 
 
-class DeepLabV3Plus(nn.Module):
+class DeepLabV3Plus(SegmentationNet):
     """DeepLabv3+: ASPP on the last features, upsampled to stride 4 and fused with projected layer1 features.
 
     The decoder refines the fusion with ``decoder_convs`` 3x3 convolutions of 256 channels: the paper's best
@@ -92,9 +91,8 @@ class DeepLabV3Plus(nn.Module):
             *(conv(cin, cout, 3) for cin, cout in zip(widths, widths[1:])), nn.Conv2d(256, num_classes, 1)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[-2:]
-        c1, _, _, c4 = self.backbone(x)
+    def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
+        c1, _, _, c4 = features
         low = self.low_level(c1)
         high = resize_to(self.aspp(c4), low.shape[-2:])
-        return resize_to(self.decoder(torch.cat([high, low], dim=1)), size)
+        return self.decoder(torch.cat([high, low], dim=1))

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from segkit import SegkitError
-from segkit.models.blocks import ConvBNReLU, bilinear_upsampler, crop_to, pad_to_multiple, resize_to
+from segkit.models.base import SegmentationNet
+from segkit.models.blocks import ConvBNReLU, bilinear_upsampler
 
 CHANNELS = (16, 32, 64, 128, 256, 512, 512, 512)
 BLOCKS = (1, 1, 2, 2, 2, 2, 1, 1)
@@ -82,13 +83,15 @@ class DRNC26Backbone(nn.Module):
         return self.levels(self.stem(x))
 
 
-class DRNC26(nn.Module):
+class DRNC26(SegmentationNet):
     """DRN-C-26 with a 1x1 segmentation head at stride 8, upsampled x8 to the input size.
 
     ``learned_upsampling``: a transposed conv initialised to bilinear interpolation and trained, instead of fixed
     bilinear interpolation. ``channels`` (default: the paper's 16-32-64-128-256-512-512-512) allows narrower nets.
     Inputs of any size are padded to a multiple of 8 and the output cropped back.
     """
+
+    input_multiple = 8
 
     def __init__(
         self,
@@ -102,8 +105,6 @@ class DRNC26(nn.Module):
         self.head = nn.Conv2d(self.backbone.out_channels, num_classes, 1)
         self.upsample = bilinear_upsampler(num_classes, 8) if learned_upsampling else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, size = pad_to_multiple(x, 8)
-        y = self.head(self.backbone(x))
-        y = self.upsample(y) if self.upsample is not None else resize_to(y, x.shape[-2:])
-        return crop_to(y, size)
+    def decode(self, features: torch.Tensor) -> torch.Tensor:
+        y = self.head(features)
+        return self.upsample(y) if self.upsample is not None else y

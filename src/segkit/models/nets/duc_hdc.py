@@ -23,7 +23,7 @@ from torchvision.models.resnet import BasicBlock
 
 from segkit import SegkitError
 from segkit.models.backbones import build_backbone
-from segkit.models.blocks import crop_to, pad_to_multiple
+from segkit.models.base import SegmentationNet
 
 LAYER3_DILATIONS = (1, 2, 5, 9)
 LAYER4_DILATIONS = (5, 9, 17)
@@ -70,7 +70,7 @@ class DenseUpsamplingConv(nn.Module):
         return self.shuffle(self.norm(scores))
 
 
-class DUCHDC(nn.Module):
+class DUCHDC(SegmentationNet):
     """ResNet-HDC at output stride 8 + a dense upsampling convolution head (see ``DenseUpsamplingConv``).
 
     Args:
@@ -78,6 +78,8 @@ class DUCHDC(nn.Module):
             (1,) for one plain conv.
         duc_norm: BN + ReLU after the DUC conv, before the pixel shuffle (off in the authors' code).
     """
+
+    input_multiple = OUTPUT_STRIDE
 
     def __init__(
         self,
@@ -97,6 +99,5 @@ class DUCHDC(nn.Module):
             self.backbone.channels[3], num_classes, OUTPUT_STRIDE, tuple(duc_dilations), duc_norm
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, size = pad_to_multiple(x, OUTPUT_STRIDE)
-        return crop_to(self.duc(self.backbone(x)[3]), size)
+    def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.duc(features[3])

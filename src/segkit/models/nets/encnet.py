@@ -22,6 +22,7 @@ from torch import nn
 
 from segkit import SegkitError
 from segkit.models.backbones import build_backbone
+from segkit.models.base import SegmentationNet
 from segkit.models.blocks import ConvBNReLU, FCNHead, resize_to
 
 
@@ -94,10 +95,11 @@ class JointPyramidUpsampling(nn.Module):
         return torch.cat([branch(joint) for branch in self.dilated], dim=1)
 
 
-class EncNet(nn.Module):
+class EncNet(SegmentationNet):
     """Dilated ResNet (or ResNet + JPU) -> 3x3 (after JPU: 1x1) conv -> Context Encoding -> classifier.
 
-    Train mode returns ``{"out", "aux", "se"}`` (``aux``/``se`` when enabled); eval mode the ``out`` tensor.
+    Train mode returns ``{"out", "aux", "se"}`` (``aux``/``se`` when enabled, the ``out`` tensor when neither is);
+    eval mode the ``out`` tensor. ``forward`` is its own: the ``se`` head reads the Context Encoding, not the trunk.
     ``head_kernel_size``: the kernel of that conv; ``None`` follows the reference (1 with JPU, 3 without).
     The FCN head on layer3 (``aux``) and the SE-loss (``se``) are trained with loss weight 0.2 each, as in the paper.
     """
@@ -131,8 +133,12 @@ class EncNet(nn.Module):
         self.head = ConvBNReLU(top, head_channels, head_kernel_size)
         self.context = ContextEncoding(head_channels, num_codes)
         self.classifier = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(head_channels, num_classes, 1))
-        self.se_head = nn.Linear(head_channels, num_classes) if se else None
-        self.aux_head = FCNHead(channels[2], num_classes, dropout, channel_dropout=True) if aux else None
+        heads: dict[str, nn.Module] = {}
+        if se:
+            heads["se"] = nn.Linear(head_channels, num_classes)
+        if aux:
+            heads["aux"] = FCNHead(channels[2], num_classes, dropout, channel_dropout=True)
+        self.aux_heads = nn.ModuleDict(heads)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
         size = x.shape[-2:]
@@ -140,11 +146,11 @@ class EncNet(nn.Module):
         top = self.jpu(feats[1:]) if self.jpu is not None else feats[3]
         attended, encoded = self.context(self.head(top))
         out = resize_to(self.classifier(attended), size)
-        if not self.training:
+        if not (self.training and self.aux_heads):
             return out
         outputs = {"out": out}
-        if self.aux_head is not None:
-            outputs["aux"] = resize_to(self.aux_head(feats[2]), size)
-        if self.se_head is not None:
-            outputs["se"] = self.se_head(encoded)
+        if "aux" in self.aux_heads:
+            outputs["aux"] = resize_to(self.aux_heads["aux"](feats[2]), size)
+        if "se" in self.aux_heads:
+            outputs["se"] = self.aux_heads["se"](encoded)
         return outputs

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segkit import SegkitError
+from segkit.models.base import SegmentationNet
 from segkit.models.blocks import crop_to, pad_to_multiple
 
 STEM_CHANNELS = 16
@@ -145,11 +146,12 @@ def middle_stage(channels: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(*(Bottleneck(channels, kind, dilation, dropout) for kind, dilation in MIDDLE_STAGE))
 
 
-class ENet(nn.Module):
+class ENet(SegmentationNet):
     """ENet: initial block, stages 1-3 (encoder, 1/8 resolution), stages 4-5 (decoder), a full conv to classes.
 
     Any input size: padded to a multiple of 8 and cropped back. ``dropout`` is the spatial dropout after stage 1
-    (``dropout_stage1`` in stage 1), as in the paper.
+    (``dropout_stage1`` in stage 1), as in the paper. Trained from scratch, it has no pretrained trunk
+    (``backbone`` is None).
     """
 
     def __init__(

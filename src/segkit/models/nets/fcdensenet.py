@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from segkit import SegkitError
+from segkit.models.base import SegmentationNet
 from segkit.models.blocks import crop_to, pad_to_multiple
 
 VARIANTS: dict[str, dict] = {
@@ -62,12 +63,13 @@ class TransitionDown(nn.Sequential):
         )
 
 
-class FCDenseNet(nn.Module):
+class FCDenseNet(SegmentationNet):
     """FC-DenseNet: 3x3 stem, dense blocks + transitions down, a bottleneck block, and the mirrored up path
     (3x3 stride-2 transposed conv on the previous block's new maps, concatenated with the skip).
 
     ``variant`` 56/67/103 sets ``growth_rate``, ``down_layers`` and ``bottleneck_layers`` (any given explicitly
-    override it). Inputs of any size are padded to a multiple of ``2**len(down_layers)`` and cropped back.
+    override it). Inputs of any size are padded to a multiple of ``2**len(down_layers)`` and cropped back. Trained
+    from scratch, it has no pretrained trunk (``backbone`` is None).
     """
 
     def __init__(

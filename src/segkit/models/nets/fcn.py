@@ -24,6 +24,7 @@ from torch import nn
 
 from segkit import SegkitError
 from segkit.models.backbones import DENSENET_ARCHS, RESNET_ARCHS, VGG_ARCHS, build_backbone, vgg_fully_connected
+from segkit.models.base import SegmentationNet
 from segkit.models.blocks import ConvBNReLU, bilinear_upsampler, crop_to, pad_to_multiple
 
 BACKBONES = VGG_ARCHS + RESNET_ARCHS + DENSENET_ARCHS
@@ -35,7 +36,7 @@ AT_ONCE_SCALES = {"pool4": 0.01, "pool3": 0.0001}
 CAFFE_CONV1_PADDING = 100
 
 
-class FCN(nn.Module):
+class FCN(SegmentationNet):
     """FCN; ``variant`` is ``32s``, ``16s`` or ``8s``; ``backbone`` a torchvision VGG, ResNet or DenseNet name.
 
     ``weights_path`` is a state dict of that torchvision classifier; ``dropout`` applies after fc6/fc7

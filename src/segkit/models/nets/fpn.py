@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segkit.models.backbones import build_backbone
-from segkit.models.blocks import crop_to, pad_to_multiple, resize_to
+from segkit.models.base import SegmentationNet
 
 
 class FeaturePyramid(nn.Module):
@@ -65,8 +65,10 @@ class SemanticHead(nn.Module):
         return out
 
 
-class SemanticFPN(nn.Module):
+class SemanticFPN(SegmentationNet):
     """Semantic FPN on a torchvision ResNet (ResNet-50 in the paper's ablations)."""
+
+    input_multiple = 32
 
     def __init__(
         self,
@@ -86,8 +88,5 @@ class SemanticFPN(nn.Module):
         self.head = SemanticHead(len(self.backbone.channels), pyramid_channels, head_channels, groups)
         self.classifier = nn.Conv2d(head_channels, num_classes, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        padded, size = pad_to_multiple(x, 32)
-        logits = self.classifier(self.head(self.pyramid(self.backbone(padded))))
-        logits = resize_to(logits, padded.shape[-2:])
-        return crop_to(logits, size)
+    def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.classifier(self.head(self.pyramid(features)))

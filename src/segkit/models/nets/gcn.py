@@ -14,7 +14,8 @@ from torch import nn
 
 from segkit import SegkitError
 from segkit.models.backbones import build_backbone
-from segkit.models.blocks import bilinear_upsampler, crop_to, pad_to_multiple
+from segkit.models.base import SegmentationNet
+from segkit.models.blocks import bilinear_upsampler
 
 
 class GlobalConv(nn.Module):
@@ -54,8 +55,10 @@ class BoundaryRefine(nn.Module):
         return x + self.residual(x)
 
 
-class GCN(nn.Module):
+class GCN(SegmentationNet):
     """GCN + BR on each ResNet stage (strides 4..32), fused top-down by learnable x2 deconvolutions."""
+
+    input_multiple = 32
 
     def __init__(
         self,
@@ -77,12 +80,11 @@ class GCN(nn.Module):
         self.final_br = nn.ModuleList(BoundaryRefine(k) for _ in range(2))
         self.up = nn.ModuleList(bilinear_upsampler(k, 2) for _ in range(5))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, size = pad_to_multiple(x, 32)
-        scores = [br(gcn(f)) for f, gcn, br in zip(self.backbone(x), self.gcn, self.stage_br, strict=True)]
+    def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
+        scores = [br(gcn(f)) for f, gcn, br in zip(features, self.gcn, self.stage_br, strict=True)]
         out = scores[3]
         for i, skip in enumerate(reversed(scores[:3])):
             out = self.fuse_br[i](self.up[i](out) + skip)
         for i, br in enumerate(self.final_br):
             out = br(self.up[3 + i](out))
-        return crop_to(out, size)
+        return out

@@ -27,6 +27,7 @@ from torch import nn
 
 from segkit import SegkitError
 from segkit.models.backbones import RESNET_ARCHS, build_backbone
+from segkit.models.base import SegmentationNet
 from segkit.models.blocks import ConvBN, ConvBNReLU, crop_to, pad_to_multiple, resize_to
 
 
@@ -46,31 +47,27 @@ class SumPyramidPooling(nn.Module):
 
 
 class CascadeFeatureFusion(nn.Module):
-    """Upsample the coarse map x2, dilated 3x3 conv; project the fine map by 1x1; sum and ReLU.
-    ``classifier`` scores the upsampled coarse map for cascade label guidance."""
+    """Upsample the coarse map x2, dilated 3x3 conv; project the fine map by 1x1; sum and ReLU. Returns the fused
+    map and the upsampled coarse map, which the net's guidance head scores (cascade label guidance)."""
 
-    def __init__(
-        self, low_channels: int, high_channels: int, out_channels: int, num_classes: int, aux_head: bool
-    ) -> None:
+    def __init__(self, low_channels: int, high_channels: int, out_channels: int) -> None:
         super().__init__()
         self.low = ConvBN(low_channels, out_channels, 3, dilation=2)
         self.high = ConvBN(high_channels, out_channels, 1)
-        self.classifier = nn.Conv2d(low_channels, num_classes, 1) if aux_head else None
 
-    def forward(self, low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         low = resize_to(low, high.shape[-2:])
-        fused = F.relu(self.low(low) + self.high(high))
-        aux = self.classifier(low) if self.classifier is not None and self.training else None
-        return fused, aux
+        return F.relu(self.low(low) + self.high(high)), low
 
 
-class ICNet(nn.Module):
+class ICNet(SegmentationNet):
     """ICNet on a dilated torchvision ResNet (``backbone``, ResNet-50 in the paper).
 
     ``default_aux_weights`` are the cascade label guidance weights of sub4 and sub24 (the main sub124 output
     weighs 1.0): 0.16 / 0.4 / 1.0 as ``LAMBDA1..3`` in ``hellochick/ICNet-tensorflow`` (``train.py``), the
     reproduction trained from the authors' released Caffe model, whose repository ships no training code. mmseg
-    and GluonCV use 0.4 / 0.4 / 1.0 (``aux_weights={aux_sub4: 0.4}`` trains that way).
+    and GluonCV use 0.4 / 0.4 / 1.0 (``aux_weights={aux_sub4: 0.4}`` trains that way). Its guidance heads are 1x1
+    classifiers of each CFF's upsampled coarse input (``aux_heads``); ``forward`` is its own, the cascade.
     """
 
     default_aux_weights = {"aux_sub4": 0.16, "aux_sub24": 0.4}
@@ -96,8 +93,12 @@ class ICNet(nn.Module):
         )
         self.pyramid = SumPyramidPooling()
         self.sub4_reduce = ConvBNReLU(c4, branch_channels, kernel_size=1)
-        self.cff24 = CascadeFeatureFusion(branch_channels, c2, fusion_channels, num_classes, aux_heads)
-        self.cff12 = CascadeFeatureFusion(fusion_channels, 64, fusion_channels, num_classes, aux_heads)
+        self.cff24 = CascadeFeatureFusion(branch_channels, c2, fusion_channels)
+        self.cff12 = CascadeFeatureFusion(fusion_channels, 64, fusion_channels)
+        guidance = {"aux_sub4": branch_channels, "aux_sub24": fusion_channels}
+        self.aux_heads = nn.ModuleDict(
+            {name: nn.Conv2d(c, num_classes, 1) for name, c in guidance.items()} if aux_heads else {}
+        )
         self.classifier = nn.Conv2d(fusion_channels, num_classes, 1)
 
     def branches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -114,13 +115,18 @@ class ICNet(nn.Module):
         padded, size = pad_to_multiple(x, 32)
         h, w = padded.shape[-2:]
         sub1, sub2, sub4 = self.branches(padded)
-        sub24, aux_sub4 = self.cff24(sub4, sub2)
-        sub124, aux_sub24 = self.cff12(sub24, sub1)
+        sub24, sub4_up = self.cff24(sub4, sub2)
+        sub124, sub24_up = self.cff12(sub24, sub1)
         sub124 = resize_to(sub124, (h // 4, w // 4))
         out = crop_to(resize_to(self.classifier(sub124), (h, w)), size)
-        if aux_sub4 is None:
+        if not (self.training and self.aux_heads):
             return out
-        return {"out": out, "aux_sub4": _crop_scaled(aux_sub4, size, 16), "aux_sub24": _crop_scaled(aux_sub24, size, 8)}
+        heads = self.aux_heads
+        return {
+            "out": out,
+            "aux_sub4": _crop_scaled(heads["aux_sub4"](sub4_up), size, 16),
+            "aux_sub24": _crop_scaled(heads["aux_sub24"](sub24_up), size, 8),
+        }
 
 
 def _crop_scaled(x: torch.Tensor, size: tuple[int, int], stride: int) -> torch.Tensor:

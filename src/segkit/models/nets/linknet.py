@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from segkit.models.backbones import build_backbone
-from segkit.models.blocks import ConvBNReLU, crop_to, pad_to_multiple
+from segkit.models.base import SegmentationNet
+from segkit.models.blocks import ConvBNReLU
 
 
 def bn_relu(channels: int) -> list[nn.Module]:
@@ -35,7 +36,7 @@ class DecoderBlock(nn.Module):
         return self.body(x)
 
 
-class LinkNet(nn.Module):
+class LinkNet(SegmentationNet):
     """ResNet-18/34 encoder (stride 32), four decoder blocks with additive links, and the paper's final block
     (3x3 full conv x2, 3x3 conv, 2x2 full conv x2 to classes).
 
@@ -43,6 +44,8 @@ class LinkNet(nn.Module):
     its resolution and the final block's two x2 steps restore the stem's stride 4. Inputs of any size are padded
     to a multiple of 32 and the output cropped back.
     """
+
+    input_multiple = 32
 
     def __init__(
         self,
@@ -53,8 +56,8 @@ class LinkNet(nn.Module):
         weights_path: str | None = None,
     ) -> None:
         super().__init__()
-        self.encoder = build_backbone(backbone, in_channels, 32, pretrained, weights_path)
-        c1, c2, c3, c4 = self.encoder.channels
+        self.backbone = build_backbone(backbone, in_channels, 32, pretrained, weights_path)
+        c1, c2, c3, c4 = self.backbone.channels
         self.decoders = nn.ModuleList(
             [
                 DecoderBlock(c4, c3),
@@ -70,12 +73,10 @@ class LinkNet(nn.Module):
             nn.ConvTranspose2d(32, num_classes, 2, stride=2),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, size = pad_to_multiple(x, 32)
-        features = self.encoder(x)
-        y = features.pop()
+    def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
+        *skips, y = features
         for decoder in self.decoders:
             y = decoder(y)
-            if features:
-                y = y + features.pop()
-        return crop_to(self.final(y), size)
+            if skips:
+                y = y + skips.pop()
+        return self.final(y)

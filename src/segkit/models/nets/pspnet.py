@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from segkit.models.backbones import build_backbone
+from segkit.models.base import SegmentationNet
 from segkit.models.blocks import ConvBNReLU, FCNHead, resize_to
 
 
@@ -30,7 +31,7 @@ class PyramidPooling(nn.Module):
         return torch.cat([x] + [resize_to(branch(x), size) for branch in self.branches], dim=1)
 
 
-class PSPNet(nn.Module):
+class PSPNet(SegmentationNet):
     """PSPNet on a torchvision ResNet; returns ``{"out", "aux"}`` in train mode (when ``aux``), the logits in eval.
 
     The auxiliary FCN head on layer3 is trained with loss weight 0.4, as in the paper (deep supervision, Sec. 3.3).
@@ -55,12 +56,10 @@ class PSPNet(nn.Module):
         c3, c4 = self.backbone.channels[2:]
         self.ppm = PyramidPooling(c4, tuple(bins))
         self.head = FCNHead(self.ppm.out_channels, num_classes, dropout, inter_channels=512)
-        self.aux_head = FCNHead(c3, num_classes, dropout) if aux else None
+        self.aux_heads = nn.ModuleDict({"aux": FCNHead(c3, num_classes, dropout)} if aux else {})
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
-        size = x.shape[-2:]
-        _, _, c3, c4 = self.backbone(x)
-        out = resize_to(self.head(self.ppm(c4)), size)
-        if self.training and self.aux_head is not None:
-            return {"out": out, "aux": resize_to(self.aux_head(c3), size)}
-        return out
+    def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.head(self.ppm(features[3]))
+
+    def aux_logits(self, features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {name: head(features[2]) for name, head in self.aux_heads.items()}

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from segkit.models.backbones import build_backbone
-from segkit.models.blocks import crop_to, pad_to_multiple, resize_to
+from segkit.models.base import SegmentationNet
+from segkit.models.blocks import resize_to
 
 
 def _conv3x3(in_channels: int, out_channels: int, bias: bool = True) -> nn.Conv2d:
@@ -80,8 +81,10 @@ class RefineNetBlock(nn.Module):
         return self.out_rcu(self.crp(x))
 
 
-class RefineNet(nn.Module):
+class RefineNet(SegmentationNet):
     """4-cascade RefineNet; ``backbone`` is any torchvision ResNet (ResNet-101 in the paper)."""
+
+    input_multiple = 32
 
     def __init__(
         self,
@@ -116,14 +119,11 @@ class RefineNet(nn.Module):
             ResidualConvUnit(features), ResidualConvUnit(features), nn.Conv2d(features, num_classes, 1)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        padded, size = pad_to_multiple(x, 32)
-        feats = self.backbone(padded)
-        feats[2:] = [self.dropout(f) for f in feats[2:]]
+    def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
+        feats = features[:2] + [self.dropout(f) for f in features[2:]]
         f1, f2, f3, f4 = (adapt(f) for adapt, f in zip(self.adapt, feats))
         r = self.refine4(f4)
         r = self.refine3(f3, r)
         r = self.refine2(f2, r)
         r = self.refine1(f1, r)
-        logits = resize_to(self.head(r), padded.shape[-2:])
-        return crop_to(logits, size)
+        return self.head(r)

@@ -14,13 +14,15 @@ from torch import nn
 
 from segkit import SegkitError
 from segkit.models.backbones import build_backbone, vgg_conv_stages
+from segkit.models.base import SegmentationNet
 from segkit.models.blocks import ConvBNReLU, crop_to, pad_to_multiple
 
 SEGNET_ENCODERS = ("vgg16_bn", "vgg19_bn", "vgg13_bn", "vgg11_bn")
 
 
-class SegNet(nn.Module):
-    """SegNet; ``backbone`` names the torchvision VGG-BN encoder (``pretrained``/``weights_path`` for it)."""
+class SegNet(SegmentationNet):
+    """SegNet; ``backbone`` names the torchvision VGG-BN encoder (``pretrained``/``weights_path`` for it), kept as
+    the net's ``backbone``: its five conv stages, which the forward pass pools itself to keep the indices."""
 
     def __init__(
         self,
@@ -33,15 +35,15 @@ class SegNet(nn.Module):
         super().__init__()
         if backbone not in SEGNET_ENCODERS:
             raise SegkitError(f"model.backbone={backbone!r}; SegNet takes one of {SEGNET_ENCODERS}")
-        self.encoder = vgg_conv_stages(build_backbone(backbone, in_channels, 32, pretrained, weights_path))
-        self.decoder = nn.ModuleList(_mirror(stage) for stage in reversed(self.encoder))
+        self.backbone = vgg_conv_stages(build_backbone(backbone, in_channels, 32, pretrained, weights_path))
+        self.decoder = nn.ModuleList(_mirror(stage) for stage in reversed(self.backbone))
         last = self.decoder[-1]
         last[-1] = nn.Conv2d(last[-1][0].in_channels, num_classes, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, size = pad_to_multiple(x, 2 ** len(self.encoder))
+        x, size = pad_to_multiple(x, 2 ** len(self.backbone))
         indices = []
-        for stage in self.encoder:
+        for stage in self.backbone:
             x, idx = F.max_pool2d(stage(x), 2, 2, return_indices=True)
             indices.append(idx)
         for stage, idx in zip(self.decoder, reversed(indices)):

@@ -11,12 +11,15 @@ same torchvision segmentation model, or of the ImageNet classifier its trunk was
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torchvision
 from torch import nn
 
 from segkit import SegkitError
 from segkit.models.backbones import download_state_dict, load_into, load_state_dict_file, replace_first_conv
+from segkit.models.base import SegmentationNet
 from segkit.models.blocks import main_logits
 
 # The ImageNet classifier behind each trunk, and where its layers sit in the segmentation model's ``backbone``.
@@ -40,9 +43,12 @@ CLASS_LAYERS = {
 }
 
 
-class TorchvisionSegmentation(nn.Module):
+class TorchvisionSegmentation(SegmentationNet):
     """``torchvision.models.segmentation.<arch>`` with ``in_channels`` inputs and ``num_classes`` outputs; the
-    auxiliary head (``aux``) is trained with loss weight 0.5, as in torchvision's reference recipe."""
+    auxiliary head (``aux``) is trained with loss weight 0.5, as in torchvision's reference recipe.
+
+    The wrapped model owns the trunk and the auxiliary head (``model.backbone``, ``model.aux_classifier``: the keys
+    of torchvision's own state dicts), so ``backbone`` and ``aux_heads`` read them there."""
 
     default_aux_weights = {"aux": 0.5}
 
@@ -77,6 +83,15 @@ class TorchvisionSegmentation(nn.Module):
         elif pretrained_backbone:
             self._load_backbone(arch)
         replace_first_conv(self.model.backbone, in_channels)
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.model.backbone
+
+    @property
+    def aux_heads(self) -> Mapping[str, nn.Module]:
+        head = getattr(self.model, "aux_classifier", None)  # LR-ASPP has none
+        return {"aux": head} if head is not None else {}
 
     def _load_backbone(
         self, arch: str, classifier: dict[str, torch.Tensor] | None = None, source: str | None = None

@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from segkit import SegkitError
+from segkit.models.base import SegmentationNet
 from segkit.models.blocks import ConvBNReLU, crop_to, pad_to_multiple
 
 
@@ -22,11 +23,12 @@ def _whole(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-class UNet(nn.Module):
+class UNet(SegmentationNet):
     """Encoder of ``depth`` poolings, widths ``base_width * 2**i`` (or one per level from ``widths``, e.g. a wider
     full-resolution level); decoder by bilinear or transposed upsampling.
 
-    Inputs of any size are padded to a multiple of ``2**depth`` and the output is cropped back.
+    Inputs of any size are padded to a multiple of ``2**depth`` and the output is cropped back. Trained from
+    scratch, it has no pretrained trunk (``backbone`` is None): the optimizer tunes all of it as the head.
 
     ``pixel_shuffle=f`` (f > 1) runs the whole U-Net at 1/f of the input resolution at almost the cost of a
     U-Net fed a 1/f-size image, but without throwing the input's detail away: the stem takes the input's f x f

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from segkit import SegkitError
+from segkit.models.base import SegmentationNet
 from segkit.models.blocks import ConvBNReLU, crop_to, pad_to_multiple
 
 
@@ -24,7 +25,7 @@ def conv_block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(ConvBNReLU(cin, cout), ConvBNReLU(cout, cout))
 
 
-class UNetPlusPlus(nn.Module):
+class UNetPlusPlus(SegmentationNet):
     """UNet++ with widths ``widths`` per depth (default 32-512, four poolings) and transposed-conv upsampling.
 
     ``deep_supervision``: in train mode return ``{"out": head(X^{0,L}), "aux1": head(X^{0,1}), ...}`` (one
@@ -35,7 +36,9 @@ class UNetPlusPlus(nn.Module):
     - ``k`` in 1..L: the head on X^{0,k} alone (fast mode; the pruned UNet++ L^k, whose deeper nodes are not
       computed).
 
-    Inputs of any size are padded to a multiple of ``2**(len(widths)-1)`` and cropped back.
+    Inputs of any size are padded to a multiple of ``2**(len(widths)-1)`` and cropped back. Trained from scratch,
+    it has no pretrained trunk (``backbone`` is None; ``encoder`` is the X^{i,0} column); the heads on X^{0,1..L-1}
+    are its ``aux_heads``.
     """
 
     default_aux_weights = {"aux1": 1.0, "aux2": 1.0, "aux3": 1.0}  # deep supervision: equal weights (the paper)
@@ -66,8 +69,9 @@ class UNetPlusPlus(nn.Module):
                 row_nodes.append(conv_block((j + 1) * widths[i], widths[i]))
             self.nodes.append(row_nodes)
             self.ups.append(row_ups)
-        heads = self.depth if deep_supervision else 1
-        self.heads = nn.ModuleList(nn.Conv2d(widths[0], num_classes, 1) for _ in range(heads))
+        supervised = range(1, self.depth) if deep_supervision else ()
+        self.aux_heads = nn.ModuleDict({f"aux{k}": nn.Conv2d(widths[0], num_classes, 1) for k in supervised})
+        self.head = nn.Conv2d(widths[0], num_classes, 1)
 
     @property
     def inference(self) -> str | int:
@@ -106,12 +110,9 @@ class UNetPlusPlus(nn.Module):
                 grid[i].append(self.nodes[i][j - 1](torch.cat([*grid[i], up], dim=1)))
         top = grid[0][1:]
         if pruned:
-            return crop_to(self.heads[levels - 1](top[-1]), size)
-        out = crop_to(self.heads[-1](top[-1]), size)
-        if self.deep_supervision and self.training:
-            aux = {f"aux{j + 1}": crop_to(head(node), size) for j, (head, node) in enumerate(zip(self.heads[:-1], top))}
-            return {"out": out, **aux}
-        if self.inference == "mean":
-            logits = [crop_to(head(node), size) for head, node in zip(self.heads[:-1], top)]
-            return torch.stack([*logits, out]).mean(0)
-        return out
+            return crop_to(self.aux_heads[f"aux{levels}"](top[-1]), size)
+        out = crop_to(self.head(top[-1]), size)
+        if not self.aux_heads or not (self.training or self.inference == "mean"):
+            return out
+        aux = {name: crop_to(head(node), size) for (name, head), node in zip(self.aux_heads.items(), top)}
+        return {"out": out, **aux} if self.training else torch.stack([*aux.values(), out]).mean(0)

@@ -1,6 +1,7 @@
-"""On a cluster: torchrun DDP equals one process, an Optuna sweep through submitit runs 2-process DDP trials at once,
-a simulated 2-node SLURM job is read by Lightning, all ranks share one run directory, and the SLURM launcher config
-and sbatch template produce the job a user means."""
+"""Distributed training: Lightning's DDP and torchrun with 2 processes equal one process, BatchNorm synchronised
+over gloo equals one process with the whole batch, an Optuna sweep through submitit runs 2-process DDP trials at
+once, a simulated 2-node SLURM job is read by Lightning, all ranks share one run directory, and the SLURM launcher
+config and sbatch template produce the job a user means."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from segkit.build import build_datamodule, build_module, build_trainer
 from segkit.cluster import shared_run_dir
+from segkit.sync_batchnorm import AllReduceBatchNorm, CpuSyncBatchNorm, convert_sync_batchnorm
 from segkit.tasks.train import train
 from tests.conftest import ROOT, SMALL_RUN, TINY, compose_config
 from tests.helpers import val_rows
@@ -123,8 +126,9 @@ def test_optuna_sweep_through_submitit_runs_two_ddp_trials_at_once(tmp_path):
         assert len(val_rows(job / "csv" / "metrics.csv")) == 1
     job_logs = sorted((sweep / ".submitit").glob("*/*_log.err"))
     assert len(job_logs) == 2
-    for log in job_logs:  # each job was a 2-process DDP run
-        assert "GLOBAL_RANK: 1, MEMBER: 2/2" in log.read_text(), log.read_text()[-2000:]
+    for log in job_logs:  # each job was a 2-process DDP run (Lightning logs it to stdout or stderr)
+        text = log.read_text() + log.with_name(log.name.replace(".err", ".out")).read_text()
+        assert "GLOBAL_RANK: 1, MEMBER: 2/2" in text, text[-2000:]
     starts = [(j / ".hydra" / "config.yaml").stat().st_mtime for j in jobs]
     ends = [(j / "result.json").stat().st_mtime for j in jobs]
     assert max(starts) < min(ends)  # the two trials ran at the same time
@@ -297,3 +301,134 @@ def test_sbatch_template_starts_one_task_per_gpu_on_two_nodes(tmp_path):
         "model=unet",
         "data=cityscapes",
     ]
+
+
+def test_ddp_two_processes_match_one_process(tiny_cfg, tmp_path):
+    """2 CPU processes (gloo, trainer=ddp_sim with SyncBatchNorm) with batch 2 each train the same weights as 1
+    process with batch 4 (the same samples per step, BatchNorm over the global batch, averaged gradients), and
+    validate them to the same metrics."""
+    common = [
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "test=false",
+        "logger=csv",
+        "optimizer=sgd",
+        "data.dataset.num_samples={train: 16, val: 10, test: 8}",
+        "data.val_batch_size=2",
+    ]
+    ddp = train(tiny_cfg(*common, "trainer=ddp_sim", "data.batch_size=2", f"paths.output_dir={tmp_path}/ddp"))
+    ckpt = tmp_path / "ddp" / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    cfg = tiny_cfg(*common, "data.batch_size=4", f"paths.output_dir={tmp_path}/single")
+    train(cfg)
+    trained = {
+        run: torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        for run in ("ddp", "single")
+    }
+    assert trained["ddp"].keys() == trained["single"].keys()
+    moved = 0
+    for key, value in trained["single"].items():
+        assert torch.allclose(trained["ddp"][key].float(), value.float(), atol=2e-5), key
+        moved += "running_var" in key and not torch.allclose(value, torch.ones_like(value))
+    assert moved  # the BatchNorm statistics did update
+
+    dm = build_datamodule(cfg)
+    module = build_module(cfg, dm)
+    import pytorch_lightning as pl
+
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    (single,) = trainer.validate(module, datamodule=dm, ckpt_path=str(ckpt), weights_only=True)
+    for key in ("val/mIoU", "val/pixAcc", "val/mAcc", "val/fwIoU", "val/IoU/box"):
+        assert single[key] == pytest.approx(ddp[key], abs=1e-6), key
+    assert single["val/loss"] == pytest.approx(ddp["val/loss"], rel=1e-4)
+
+
+def test_two_process_cpu_trainer_applies_cpu_sync_batchnorm(tmp_path):
+    """The 2-process trainer=ddp_sim fit itself is test_ddp_two_processes_match_one_process above;
+    this builds the same Trainer and checks the layer sync it applies, and that it reverts to plain BatchNorm."""
+    cfg = compose_config("train", SMALL_RUN + ["trainer=ddp_sim"], output_dir=tmp_path)
+    trainer = build_trainer(cfg)
+    assert trainer.num_devices == 2 and isinstance(trainer.strategy._layer_sync, CpuSyncBatchNorm)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    synced = trainer.strategy._layer_sync.apply(net)
+    assert isinstance(synced[1], AllReduceBatchNorm) and synced[1].weight is net[1].weight
+    assert set(synced.state_dict()) == set(net.state_dict())
+    reverted = trainer.strategy._layer_sync.revert(synced)
+    assert type(reverted[1]) is torch.nn.BatchNorm2d and reverted[1].weight is net[1].weight
+
+
+def test_cpu_sync_batchnorm_over_two_gloo_processes_equals_one_process_with_the_whole_batch(tmp_path):
+    """2 processes each holding every other sample of a batch, BN synchronised: outputs, input gradients, the
+    summed parameter gradients and the running statistics equal those of one process with the whole batch."""
+    net = _sync_bn_net()
+    x = _sync_bn_batch().requires_grad_()
+    out = net(x)
+    ranks = _run_ranks(tmp_path, sync=True)
+    full_out = torch.empty_like(out)
+    for r in range(2):
+        full_out[r::2] = ranks[r]["out"]
+    assert torch.allclose(full_out, out, atol=1e-5)
+    weights = torch.empty_like(out)
+    for r in range(2):
+        half = out[r::2]
+        weights[r::2] = torch.arange(half.numel()).view_as(half).sin()
+    (out * weights).sum().backward()
+    for r in range(2):
+        assert torch.allclose(ranks[r]["x_grad"], x.grad[r::2], atol=1e-5)
+    assert torch.allclose(ranks[0]["w_grad"] + ranks[1]["w_grad"], net[1].weight.grad, atol=1e-4)
+    assert torch.allclose(ranks[0]["conv_grad"] + ranks[1]["conv_grad"], net[0].weight.grad, atol=1e-4)
+    for r in range(2):
+        assert torch.allclose(ranks[r]["running_mean"], net[1].running_mean, atol=1e-5)
+        assert torch.allclose(ranks[r]["running_var"], net[1].running_var, atol=1e-5)
+    # without the sync each rank normalises its own half: the same check fails
+    local = _run_ranks(tmp_path, sync=False)
+    assert not torch.allclose(local[0]["out"], out[0::2], atol=1e-3)
+
+
+def _sync_bn_net() -> torch.nn.Sequential:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3), torch.nn.BatchNorm2d(5, momentum=0.5))
+    with torch.no_grad():
+        net[1].weight.uniform_(0.5, 1.5)
+        net[1].bias.uniform_(-0.5, 0.5)
+    return net
+
+
+def _sync_bn_batch() -> torch.Tensor:
+    generator = torch.Generator().manual_seed(1)
+    return torch.randn(4, 3, 9, 11, generator=generator) * torch.tensor([1.0, 3.0, 0.3, 2.0]).view(4, 1, 1, 1)
+
+
+def _run_ranks(tmp_path, sync: bool) -> list[dict]:
+    import torch.multiprocessing as mp
+
+    out = tmp_path / ("sync" if sync else "local")
+    out.mkdir()
+    mp.spawn(_sync_bn_worker, args=(2, str(out / "store"), str(out), sync), nprocs=2, join=True)
+    return [torch.load(out / f"rank{r}.pt") for r in range(2)]
+
+
+def _sync_bn_worker(rank: int, world: int, init_file: str, out_dir: str, sync: bool) -> None:
+    """One rank: half of a fixed batch through conv + BN (synced or not); writes outputs, grads and stats."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    net = _sync_bn_net()
+    if sync:
+        net = convert_sync_batchnorm(net)
+    x = _sync_bn_batch()[rank::world].clone().requires_grad_()
+    out = net(x)
+    (out * torch.arange(out.numel()).view_as(out).sin()).sum().backward()
+    torch.save(
+        {
+            "out": out.detach(),
+            "x_grad": x.grad,
+            "w_grad": net[1].weight.grad,
+            "conv_grad": net[0].weight.grad,
+            "running_mean": net[1].running_mean,
+            "running_var": net[1].running_var,
+        },
+        f"{out_dir}/rank{rank}.pt",
+    )
+    dist.destroy_process_group()

@@ -1,0 +1,36 @@
+"""What every family builder returns: a ``Backbone`` (named stages, the channels and stride of each returned map),
+and the output-stride check the builders share."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+from torchvision.models._utils import IntermediateLayerGetter
+
+from segkit import SegkitError
+
+
+class Backbone(IntermediateLayerGetter):
+    """A torchvision classifier cut into named stages; ``forward`` returns the output of each returned stage.
+
+    Built on torchvision's ``IntermediateLayerGetter`` so the stages keep the names they are registered under
+    (``stem``, ``layer1`` ... for ResNets): checkpoints of nets built on the former per-family backbone classes
+    keep their keys. ``channels`` and ``strides`` list the width and stride of each returned feature map.
+    """
+
+    def __init__(
+        self, stages: OrderedDict[str, nn.Module], returns: list[str], channels: list[int], strides: list[int]
+    ) -> None:
+        super().__init__(nn.Sequential(stages), {name: name for name in returns})
+        self.channels = list(channels)
+        self.strides = list(strides)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return list(super().forward(x).values())
+
+
+def check_stride(name: str, output_stride: int, allowed: tuple[int, ...]) -> None:
+    if output_stride not in allowed:
+        raise SegkitError(f"model.output_stride={output_stride}: the {name} backbone supports {allowed}")

@@ -1,0 +1,154 @@
+"""The net's input spec travels with the net: built once from data.input, it builds the transforms, is stored in the
+checkpoint once, and eval / predict apply it whatever data group, folder or split they are pointed at."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from omegaconf import open_dict
+
+from segkit import SegkitError
+from segkit.data.input_spec import InputSpec
+from segkit.data.labels import load_table
+from segkit.inference import Resized, WholeImage, mode_for
+from segkit.tasks.evaluate import evaluate_from_config
+from segkit.tasks.predict import predict_from_config
+from segkit.tasks.train import train
+from tests.conftest import CAMVID, TINY, compose_config
+
+CPU_RUN = [item for item in TINY if not item.startswith("data.")]
+
+TABLE = load_table("synthetic")
+
+
+def test_the_spec_is_built_from_data_input_and_round_trips_through_its_record():
+    spec = InputSpec.from_config({"crop_size": [32, 48], "eval_size": [40, 60]}, TABLE, 3)
+    assert (spec.crop_size, spec.eval_size, spec.num_classes, spec.ignore_index) == ((32, 48), (40, 60), 6, 255)
+    again = InputSpec.from_record(spec.to_record(), "test")
+    assert again == spec and again.labels.source_ids == TABLE.source_ids
+    four = InputSpec.from_config({"mean": [0.5] * 4, "std": [0.25] * 4}, TABLE, 3)  # RGB-D stats, RGB data
+    assert four.mean == (0.5,) * 3 and four.std == (0.25,) * 3
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        ({"resize": [8, 8]}, r"data.input.resize is not an input-spec key; use mean, std, crop_size, eval_size"),
+        ({"eval_size": [0, 8]}, r"data.input.eval_size=\[0, 8\]; give \[height, width\]"),
+        ({"std": [0.2, 0.0, 0.2]}, r"data.input.std=\[0.2, 0.0, 0.2\]; every entry must be positive"),
+        ({"mean": [0.5, 0.5]}, r"data.input.mean and data.input.std must each hold one value per input channel \(3\)"),
+    ],
+)
+def test_bad_input_keys_are_one_line_naming_the_key(cfg, message):
+    with pytest.raises(SegkitError, match=message):
+        InputSpec.from_config(cfg, TABLE, 3)
+
+
+def test_the_spec_decides_how_a_net_is_applied():
+    sized = InputSpec.from_config({"eval_size": [40, 60]}, TABLE, 3)
+    whole = InputSpec.from_config({}, TABLE, 3)
+    assert repr(mode_for(sized)) == repr(Resized((40, 60))) and repr(mode_for(whole)) == repr(WholeImage())
+    assert repr(mode_for(sized, Resized())) == "Resized(size=(40, 60))"  # inference=resize: the net's own size
+    assert repr(mode_for(sized, Resized((8, 8)))) == "Resized(size=(8, 8))"  # an explicit choice wins
+
+
+def test_eval_on_another_data_config_adopts_the_nets_spec_and_refuses_other_classes(tmp_path):
+    from segkit.build import build_datamodule
+
+    spec = InputSpec.from_config({"eval_size": [40, 60], "mean": [0.1, 0.2, 0.3]}, TABLE, 3)
+    datamodule = build_datamodule(compose_config("train", TINY))
+    datamodule.adopt_input(spec)
+    assert datamodule.spec.eval_size == (40, 60) and datamodule.spec.mean == (0.1, 0.2, 0.3)
+    renamed = InputSpec.from_config({}, load_table({"classes": [{"name": f"c{i}"} for i in range(6)]}), 3)
+    with pytest.raises(SegkitError, match=r"trained on classes \['c0', 'c1'.* but data 'synthetic'"):
+        datamodule.adopt_input(renamed)
+    with pytest.raises(SegkitError, match=r"the net predicts 2 classes but data 'synthetic' has 6"):
+        datamodule.adopt_input(InputSpec.from_config({}, load_table("binary"), 3))
+
+
+@pytest.fixture(scope="module")
+def camvid_run(tmp_path_factory) -> dict:
+    """A small U-Net trained a few hundred steps on CamVid crops at quarter resolution, validated at 90x120."""
+    if not (CAMVID / "val.txt").is_file():
+        pytest.skip(f"CamVid is not at {CAMVID}")
+    run = tmp_path_factory.mktemp("camvid_run")
+    overrides = [
+        "data=camvid",
+        f"data.root={CAMVID}",
+        "data.input.crop_size=[64,96]",
+        "data.input.eval_size=[90,120]",
+        "data.train_transform.base_size=[90,120]",
+        "data.train_transform.scale_range=[0.75,1.25]",
+        "data.batch_size=8",
+        "data.val_batch_size=8",
+        "data.num_workers=0",
+        "model=unet_small",
+        "model.base_width=8",
+        "model.depth=3",
+        "optimizer.lr=3e-3",
+        "trainer.max_epochs=6",
+        "trainer.limit_train_batches=15",
+        "trainer.check_val_every_n_epoch=3",
+        "test=false",
+        "callbacks.early_stopping=null",
+        "callbacks.local_curves=null",
+        "logger=csv",
+    ]
+    metrics = train(compose_config("train", CPU_RUN + overrides, output_dir=run))
+    return {"run": run, "best": metrics["best_model_path"], "score": metrics["best/val/mIoU"]}
+
+
+def _eval(tmp_path, name: str, *overrides: str) -> float:
+    out = tmp_path / name
+    cfg = compose_config("eval", ["progress=false", "precision=fp32", "batch_size=8", *overrides], output_dir=out)
+    with open_dict(cfg):
+        cfg.output_dir = str(out)
+    return evaluate_from_config(cfg)["val/mIoU"]
+
+
+def test_eval_reproduces_the_val_score_through_every_route_and_predict_writes_what_it_scores(camvid_run, tmp_path):
+    score, best, run = camvid_run["score"], camvid_run["best"], camvid_run["run"]
+    assert score > 0.15  # the net learned something, so the way it is applied shows in the score
+    routes = {
+        "ckpt": [f"ckpt={best}"],
+        "run_dir": [f"run_dir={run}", f"ckpt={best}"],
+        "data_group": [f"ckpt={best}", "data=camvid", f"data.root={CAMVID}"],  # the group's own input spec differs
+        "data_root": [f"ckpt={best}", f"data_root={CAMVID}"],
+        "resize": [f"ckpt={best}", "inference=resize"],  # size null: the net's eval size
+    }
+    for name, overrides in routes.items():
+        assert _eval(tmp_path, name, *overrides) == pytest.approx(score, abs=0.005), name
+    whole = _eval(tmp_path, "whole", f"ckpt={best}", "inference=whole")  # negative control: the 360x480 image as is
+    assert abs(whole - score) > 0.005
+
+    # predict on a few val images writes the masks eval scored for them
+    _eval(tmp_path, "saved", f"ckpt={best}", "save_predictions=true", "prediction_formats=[train_ids]")
+    names = [line.split()[0] for line in (CAMVID / "val.txt").read_text().splitlines()[:4]]
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for name in names:
+        shutil.copy(CAMVID / name, inputs)
+    out = tmp_path / "predicted"
+    cfg = compose_config("predict", [f"ckpt={best}", f"input={inputs}", "save_ids=true", "precision=fp32"])
+    with open_dict(cfg):
+        cfg.output, cfg.progress = str(out), False
+    predict_from_config(cfg)
+    for name in names:
+        stem = name.split("/")[-1].rsplit(".", 1)[0]
+        predicted = cv2.imread(str(out / f"{stem}_ids.png"), cv2.IMREAD_UNCHANGED)
+        scored = cv2.imread(str(tmp_path / "saved" / "predictions" / "train_ids" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
+        assert predicted.shape == scored.shape == (360, 480)
+        assert np.array_equal(predicted, scored), stem
+    report = json.loads((tmp_path / "saved" / "metrics.json").read_text())
+    assert report["images"] == 101 and "90" in report["inference"]
+
+
+def test_the_checkpoint_spec_is_read_back_as_is(camvid_run):
+    record = torch.load(camvid_run["best"], weights_only=True)["segkit"]["input"]
+    assert (record["crop_size"], record["eval_size"]) == ([64, 96], [90, 120])
+    assert record["labels"]["name"] == "camvid" and len(record["labels"]["classes"]) == 11
