@@ -57,7 +57,9 @@ def test_top_level_aux_weights_reach_the_module(tiny_cfg):
 def test_aux_weights_under_model_is_an_unknown_net_argument(tiny_cfg):
     """Loss weights are a training key (top-level aux_weights), not an argument of the net."""
     cfg = tiny_cfg("+model.aux_weights={aux:0.4}")
-    with pytest.raises(SegkitError, match=r"model.aux_weights is not an argument of UNet \(its arguments: .*base_width"):
+    with pytest.raises(
+        SegkitError, match=r"model.aux_weights is not an argument of UNet \(its arguments: .*base_width"
+    ):
         build_module(cfg, build_datamodule(cfg))
 
 

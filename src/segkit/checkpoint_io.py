@@ -36,6 +36,7 @@ _CALLBACK_PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_pat
 
 _file_reader = torch._C.PyTorchFileReader  # torch's own zip reader: what torch.load will see
 
+
 def check_torch_archive(path: Path, what: str = "checkpoint") -> None:
     """Refuse a file that is not torch's zip format exactly as ``torch.save`` writes it: records uncompressed, no
     larger than the file, each named once, and seen at the same offsets and sizes by Python's zip reader and by

@@ -29,6 +29,7 @@ from segkit.safe_config import net_options, plain_data
 
 log = logging.getLogger("segkit")
 
+
 @dataclass
 class LoadedModel:
     """A net in eval mode, its input spec (what it takes and predicts, as training validated it) and the run config

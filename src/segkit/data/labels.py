@@ -21,11 +21,15 @@ from segkit import SegkitError
 from segkit.visualize import default_color
 
 IGNORE_INDEX = 255
+
+
 def tables_dir() -> Path:
     """The shipped label tables (``conf/data/labels``)."""
     from segkit.files import conf_dir
 
     return conf_dir() / "data" / "labels"
+
+
 log = logging.getLogger("segkit")
 
 Color = tuple[int, int, int]
