@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from pytorch_lightning import Callback
 
 from tests.conftest import ROOT, TINY
@@ -134,3 +135,16 @@ def spec_of(num_classes: int, **input_cfg):
 
     table = load_table({"name": "test", "classes": [{"name": f"c{i}", "ids": [i]} for i in range(num_classes)]})
     return InputSpec.from_config(input_cfg, table, 3)
+
+
+class UserNet(torch.nn.Module):
+    """A user's own net, outside segkit (``model._target_: tests.helpers.UserNet``): a plain ``nn.Module``."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3, width: int = 8) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(in_channels, width, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(width, num_classes, 1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)

@@ -115,7 +115,7 @@ def test_eval_reproduces_the_val_score_through_every_route_and_predict_writes_wh
     score, best, run = camvid_run["score"], camvid_run["best"], camvid_run["run"]
     assert score > 0.15  # the net learned something, so the way it is applied shows in the score
     routes = {
-        "ckpt": [f"ckpt={best}"],
+        "ckpt": [f"ckpt={best}", "save_predictions=true", "prediction_formats=[train_ids]"],
         "run_dir": [f"run_dir={run}", f"ckpt={best}"],
         "data_group": [f"ckpt={best}", "data=camvid", f"data.root={CAMVID}"],  # the group's own input spec differs
         "data_root": [f"ckpt={best}", f"data_root={CAMVID}"],
@@ -127,7 +127,6 @@ def test_eval_reproduces_the_val_score_through_every_route_and_predict_writes_wh
     assert abs(whole - score) > 0.005
 
     # predict on a few val images writes the masks eval scored for them
-    _eval(tmp_path, "saved", f"ckpt={best}", "save_predictions=true", "prediction_formats=[train_ids]")
     names = [line.split()[0] for line in (CAMVID / "val.txt").read_text().splitlines()[:4]]
     inputs = tmp_path / "inputs"
     inputs.mkdir()
@@ -141,10 +140,10 @@ def test_eval_reproduces_the_val_score_through_every_route_and_predict_writes_wh
     for name in names:
         stem = name.split("/")[-1].rsplit(".", 1)[0]
         predicted = cv2.imread(str(out / f"{stem}_ids.png"), cv2.IMREAD_UNCHANGED)
-        scored = cv2.imread(str(tmp_path / "saved" / "predictions" / "train_ids" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
+        scored = cv2.imread(str(tmp_path / "ckpt" / "predictions" / "train_ids" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
         assert predicted.shape == scored.shape == (360, 480)
         assert np.array_equal(predicted, scored), stem
-    report = json.loads((tmp_path / "saved" / "metrics.json").read_text())
+    report = json.loads((tmp_path / "ckpt" / "metrics.json").read_text())
     assert report["images"] == 101 and "90" in report["inference"]
 
 

@@ -41,22 +41,6 @@ class LoadedModel:
     path: Path | None = None
     precision: str | None = None  # the Lightning precision the run trained with, where stored
 
-    @property
-    def num_classes(self) -> int:
-        return self.spec.num_classes
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self.spec.class_names
-
-    @property
-    def colors(self) -> tuple[tuple[int, int, int], ...]:
-        return self.spec.colors
-
-    @property
-    def in_channels(self) -> int:
-        return self.spec.in_channels
-
     def to_source_ids(self, train_ids: np.ndarray, fill: int = 0) -> np.ndarray:
         """Train ids -> each class's first source id (predictions back to e.g. Cityscapes labelIds)."""
         return self.spec.labels.to_source_ids(train_ids, fill)

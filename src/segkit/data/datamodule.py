@@ -108,17 +108,10 @@ class SegmentationDataModule(LightningDataModule):
         self.seed, self.in_channels, self.name, self.root = seed, in_channels, name, root
         self._datasets: dict[str, Dataset] = {}
 
-    @property
-    def num_classes(self) -> int:
-        return self.labels.num_classes
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self.labels.names
-
-    @property
-    def ignore_index(self) -> int:
-        return self.labels.ignore_index
+    # the facts of the input spec the loss, the metrics and the net's head are built from
+    num_classes = property(lambda self: self.spec.num_classes)
+    class_names = property(lambda self: self.spec.class_names)
+    ignore_index = property(lambda self: self.spec.ignore_index)
 
     def adopt_input(self, spec: InputSpec) -> None:
         """Evaluate a trained net on this data: its input spec (normalisation, eval size) replaces this config's,

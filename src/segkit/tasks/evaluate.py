@@ -72,7 +72,7 @@ class MaskWriter:
     def __init__(self, folder: Path, formats: Sequence[str], model: LoadedModel) -> None:
         import cv2
 
-        self.cv2, self.folder, self.colors = cv2, folder, model.colors
+        self.cv2, self.folder, self.colors = cv2, folder, model.spec.colors
         self.formats = [f for f in formats]
         unknown = set(self.formats) - {"train_ids", "color", "label_ids"}
         if unknown:
@@ -164,7 +164,7 @@ def evaluate(
     names = sample_names(dataset, len(dataset))  # type: ignore[arg-type]
     log.info(f"evaluating {model.path} on {datamodule.name}/{split} ({len(names)} images) with {mode!r} on {device}")
 
-    metrics = SegmentationMetrics(model.num_classes, datamodule.ignore_index, model.class_names).to(device)
+    metrics = SegmentationMetrics(model.spec.num_classes, datamodule.ignore_index, model.spec.class_names).to(device)
     seen = 0
     for images, masks in tqdm(loader, desc=f"eval {split}", disable=not progress):
         for batch, targets in same_size_groups(images, masks):
@@ -185,7 +185,7 @@ def evaluate(
 
     confusion = metrics.confmat.detach().cpu()
     scores = scores_from_confusion(confusion)
-    flat = flat_scores(scores, model.class_names, split)
+    flat = flat_scores(scores, model.spec.class_names, split)
     report = {
         "checkpoint": str(model.path),
         "data": datamodule.name,
@@ -193,13 +193,13 @@ def evaluate(
         "images": len(names),
         "inference": repr(mode),
         **{k: float(scores[k]) for k in MEAN_SCORES},
-        "IoU": {n: _plain(v) for n, v in zip(model.class_names, scores["IoU"].tolist(), strict=True)},
-        "Acc": {n: _plain(v) for n, v in zip(model.class_names, scores["Acc"].tolist(), strict=True)},
+        "IoU": {n: _plain(v) for n, v in zip(model.spec.class_names, scores["IoU"].tolist(), strict=True)},
+        "Acc": {n: _plain(v) for n, v in zip(model.spec.class_names, scores["Acc"].tolist(), strict=True)},
         "confusion": confusion.tolist(),
     }
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
-    (out_dir / "iou.md").write_text(iou_table(scores, model.class_names))
-    save_confusion_png(confusion.numpy(), model.class_names, out_dir / "confusion.png")
+    (out_dir / "iou.md").write_text(iou_table(scores, model.spec.class_names))
+    save_confusion_png(confusion.numpy(), model.spec.class_names, out_dir / "confusion.png")
     log.info(
         f"{split}: mIoU={flat[f'{split}/mIoU']:.4f}  pixAcc={flat[f'{split}/pixAcc']:.4f}  "
         f"mAcc={flat[f'{split}/mAcc']:.4f}  fwIoU={flat[f'{split}/fwIoU']:.4f}"

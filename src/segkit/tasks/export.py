@@ -24,7 +24,7 @@ def export_from_config(cfg: DictConfig) -> dict[str, float]:
     ``model`` group with ``num_classes``/``in_channels``."""
     if cfg.ckpt or cfg.run_dir:
         loaded = load_model(cfg.ckpt, cfg.run_dir)
-        net, in_channels = loaded.net, loaded.in_channels
+        net, in_channels = loaded.net, loaded.spec.in_channels
         name = loaded.path.stem if loaded.path else "model"
     elif cfg.get("model"):  # an optional group, absent by default
         in_channels = int(cfg.in_channels)

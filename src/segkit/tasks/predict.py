@@ -82,11 +82,11 @@ class OverlayWriter:
         self.folder, self.model, self.alpha, self.legend, self.save_ids = folder, model, alpha, legend, save_ids
 
     def render(self, image: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        mask = colorize(ids, self.model.colors)
+        mask = colorize(ids, self.model.spec.colors)
         blended = overlay(image, mask, self.alpha)
         if self.legend != "none":
-            classes = None if self.legend == "all" else [int(c) for c in np.unique(ids) if c < self.model.num_classes]
-            blended = draw_legend(blended, self.model.class_names, self.model.colors, classes)
+            classes = None if self.legend == "all" else [int(c) for c in np.unique(ids) if c < self.model.spec.num_classes]
+            blended = draw_legend(blended, self.model.spec.class_names, self.model.spec.colors, classes)
         return mask, blended
 
     def write(self, relative: Path, image: np.ndarray, ids: np.ndarray) -> None:
@@ -189,9 +189,9 @@ def predict(
     progress: bool,
 ) -> dict[str, float]:
     """Segment ``inputs`` (a file, folder, glob or video) with ``model``; masks and overlays go to ``out_dir``."""
-    if model.in_channels != 3:
+    if model.spec.in_channels != 3:
         raise SegkitError(
-            f"'{model.path}' takes {model.in_channels}-channel inputs; "
+            f"'{model.path}' takes {model.spec.in_channels}-channel inputs; "
             "predict reads RGB images only (use src/eval.py with its data config)"
         )
     files, base = collect_inputs(inputs)
