@@ -244,11 +244,11 @@ def test_bf16_mixed_trains_one_batch_with_the_fp32_loss(tmp_path):
     """bf16 autocast on CPU is slow on CPUs without bf16 units, hence one 16x16 batch; its loss is fp32's to bf16's
     precision (a few parts in a thousand)."""
     losses = {}
-    for precision in ("bf16-mixed", "32-true"):
+    for chosen in ("bf16-mixed", "32-true"):
         cfg = compose_config(
-            "train", SMALL + [f"trainer.precision={precision}", "debug=fdr"], output_dir=tmp_path / precision
+            "train", SMALL + [f"trainer.precision={chosen}", "debug=fdr"], output_dir=tmp_path / chosen
         )
-        losses[precision] = train(cfg)["train/loss"]
+        losses[chosen] = train(cfg)["train/loss"]
     assert losses["bf16-mixed"] == pytest.approx(losses["32-true"], rel=0.02)
 
 

@@ -114,7 +114,7 @@ class BCEWithLogitsLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         flat, labels = _valid_pixels(logits, target, self.ignore_index, "bce")
-        if labels.numel() == 0:
+        if labels.numel() == 0:  # every pixel ignored: a zero that keeps the graph
             return logits.sum() * 0.0
         one_hot = F.one_hot(labels, flat.shape[1]).to(flat.dtype)
         return F.binary_cross_entropy_with_logits(flat, one_hot, pos_weight=self.pos_weight)
@@ -127,12 +127,11 @@ class FocalLoss(nn.Module):
     def __init__(self, ignore_index: int = 255, gamma: float = 2.0, alpha: Sequence[float] | None = None) -> None:
         super().__init__()
         self.ignore_index, self.gamma = ignore_index, gamma
-        weight = _float_buffer(alpha)
-        self.register_buffer("alpha", weight, persistent=False)
+        self.register_buffer("alpha", _float_buffer(alpha), persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         flat, labels = _valid_pixels(logits, target, self.ignore_index, "focal")
-        if labels.numel() == 0:
+        if not len(labels):
             return logits.sum() * 0.0
         log_pt = F.log_softmax(flat.float(), dim=1).gather(1, labels[:, None]).squeeze(1)
         loss = -((1.0 - log_pt.exp()) ** self.gamma) * log_pt

@@ -36,18 +36,11 @@ class ConvBN(nn.Sequential):
 
 
 class ConvBNReLU(ConvBN):
-    """Conv (no bias) -> BatchNorm -> ReLU, "same" padding for odd kernels: the basic unit of most heads."""
+    """Conv (no bias) -> BatchNorm -> ReLU, "same" padding for odd kernels: the basic unit of most heads. Takes
+    ``ConvBN``'s arguments."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int = 3,
-        stride: int = 1,
-        dilation: int = 1,
-        groups: int = 1,
-    ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, dilation, groups)
+    def __init__(self, *args: int, **kwargs: int) -> None:
+        super().__init__(*args, **kwargs)
         self.append(nn.ReLU(inplace=True))
 
 

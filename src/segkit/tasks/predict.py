@@ -85,7 +85,9 @@ class OverlayWriter:
         mask = colorize(ids, self.model.spec.colors)
         blended = overlay(image, mask, self.alpha)
         if self.legend != "none":
-            classes = None if self.legend == "all" else [int(c) for c in np.unique(ids) if c < self.model.spec.num_classes]
+            classes = (
+                None if self.legend == "all" else [int(c) for c in np.unique(ids) if c < self.model.spec.num_classes]
+            )
             blended = draw_legend(blended, self.model.spec.class_names, self.model.spec.colors, classes)
         return mask, blended
 
