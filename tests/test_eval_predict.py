@@ -152,7 +152,7 @@ def test_a_checkpoint_stores_its_input_spec_once(trained, tmp_path):
     assert spec.class_names == ("background", "disc", "box", "triangle", "ring", "dotted_ellipse")
     assert (spec.in_channels, spec.mean, spec.std) == (3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     assert (spec.crop_size, spec.eval_size, spec.ignore_index) == (None, None, 255)  # synthetic: whole images
-    assert model.to_source_ids(np.array([[1, 255]])).tolist() == [[spec.labels.source_ids[1][0], 0]]
+    assert spec.labels.to_source_ids(np.array([[1, 255]])).tolist() == [[spec.labels.source_ids[1][0], 0]]
 
     ckpt = torch.load(trained["last"], map_location="cpu", weights_only=True)
     assert set(ckpt["segkit"]) == {"input", "precision", "precision_reason"}

@@ -49,6 +49,37 @@ def test_bad_input_keys_are_one_line_naming_the_key(cfg, message):
         InputSpec.from_config(cfg, TABLE, 3)
 
 
+def _record(**changes):
+    record = InputSpec.from_config({}, TABLE, 3).to_record()
+    for dotted, value in changes.items():
+        node, *path = record, *dotted.split("__")
+        for key in path[:-1]:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        node[int(path[-1]) if isinstance(node, list) else path[-1]] = value
+    return record
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"labels__classes__0__color": [300, 0, 0]},
+            r"colour \[300, 0, 0\] must be \[r, g, b\] of whole numbers 0-255",
+        ),
+        ({"labels__classes__0__color": "999"}, r"colour '999' must be \[r, g, b\]"),
+        ({"eval_size": [8192, 8192]}, r"eval_size=\[8192, 8192\] with 6 classes makes 402653184 class scores"),
+        ({"labels__merge": {"x": ["disc"]}}, r"segkit.input.labels.merge is not a key of an expanded table"),
+        ({"labels__classes__0__name": None}, r"classes entries must be \{name, color, ids, source_colors\} mappings"),
+        ({"labels__ignore_ids": [3.9]}, r"ignore_ids must be a list of ids from 0 to 65535"),
+    ],
+    ids=["colour_range", "colour_text", "eval_size_scores", "merge", "name", "ignore_ids"],
+)
+def test_a_stored_record_is_checked_value_by_value(changes, message):
+    with pytest.raises(SegkitError, match=message) as err:
+        InputSpec.from_record(_record(**changes), "checkpoint 'x.ckpt'")
+    assert "\n" not in str(err.value) and str(err.value).startswith("checkpoint 'x.ckpt'")
+
+
 def test_the_spec_decides_how_a_net_is_applied():
     sized = InputSpec.from_config({"eval_size": [40, 60]}, TABLE, 3)
     whole = InputSpec.from_config({}, TABLE, 3)

@@ -43,26 +43,26 @@ def test_short_run_writes_checkpoints_and_csv(tiny_cfg, tmp_path):
 
 def test_a_users_own_net_trains_and_evaluates_once_registered(tiny_cfg, tmp_path):
     """``_target_: mypkg.MyNet`` trains through Hydra (the user's own config); eval of its checkpoint refuses it in one
-    line until ``segkit.register_net`` names it, then scores what training validated."""
+    line until the module that calls ``segkit.register_net`` is imported (``imports=[...]``), then scores what
+    training validated."""
     import segkit
     from segkit.safe_config import _USER_NETS
     from segkit.tasks.evaluate import evaluate_from_config
     from tests.conftest import compose_config
-    from tests.helpers import UserNet
 
     cfg = tiny_cfg("debug=limit", "test=false", "~model", "+model={_target_: tests.helpers.UserNet, width: 6}")
     metrics = train(cfg)
-    eval_cfg = compose_config("eval", [f"ckpt={tmp_path}", "progress=false", f"output_dir={tmp_path / 'eval'}"])
-    with pytest.raises(
-        segkit.SegkitError, match=r"'tests.helpers.UserNet' is not a registered net .*register_net\(UserNet\)"
-    ):
-        evaluate_from_config(eval_cfg)
-    segkit.register_net(UserNet)
+    common = [f"ckpt={tmp_path}", "progress=false", f"output_dir={tmp_path / 'eval'}"]
+    refused = r"'tests.helpers.UserNet' is not a registered net .*register_net\(UserNet\)"
+    with pytest.raises(segkit.SegkitError, match=refused):
+        evaluate_from_config(compose_config("eval", common))
     try:
-        scores = evaluate_from_config(eval_cfg)
+        scores = evaluate_from_config(compose_config("eval", [*common, "imports=[tests.registered_user_net]"]))
     finally:
-        _USER_NETS.pop("tests.helpers.UserNet")
+        _USER_NETS.pop("tests.helpers.UserNet", None)
     assert scores["val/mIoU"] == pytest.approx(metrics["best/val/mIoU"], abs=1e-6)
+    with pytest.raises(segkit.SegkitError, match=r"imports: cannot import 'mypkg_nowhere'"):
+        evaluate_from_config(compose_config("eval", [*common, "imports=[mypkg_nowhere]"]))
 
 
 def run_cli(args: list[str], tmp_path: Path, timeout: int = 600, env_extra: dict | None = None):

@@ -402,15 +402,18 @@ def usage(choices: Any = None) -> str:
     main = sys.modules.get("__main__")
     doc = inspect.cleandoc(getattr(main, "__doc__", None) or "").strip()
     picked = {str(k): v for k, v in dict(choices or {}).items() if not str(k).startswith("hydra")}
-    script = Path(getattr(main, "__file__", "") or "src/train.py").name
+    name = Path(sys.argv[0] if sys.argv and sys.argv[0] else "train.py").name
+    command = f"python {name}" if name.endswith(".py") else name  # src/train.py, or the installed segkit-train
+    if not doc:  # an installed command: pip's wrapper has no docstring
+        doc = f"{command}: segkit's {name.removeprefix('segkit-')} entry point; README.md has the guide."
     lines = [
         doc,
         "",
         "== Config groups: (the choice this command starts from) and the others; pick one with group=name ==",
         *_group_lines(picked),
         "",
-        f"Any key is set with key=value; python {script} --cfg job [overrides] prints the composed config.",
-        f"Hydra's own options (multirun, shell completion, ...): python {script} --hydra-help",
+        f"Any key is set with key=value; {command} --cfg job [overrides] prints the composed config.",
+        f"Hydra's own options (multirun, shell completion, ...): {command} --hydra-help",
     ]
     return "\n".join(lines).replace("$", "$$")
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -40,10 +39,6 @@ class LoadedModel:
     spec: InputSpec
     path: Path | None = None
     precision: str | None = None  # the Lightning precision the run trained with, where stored
-
-    def to_source_ids(self, train_ids: np.ndarray, fill: int = 0) -> np.ndarray:
-        """Train ids -> each class's first source id (predictions back to e.g. Cityscapes labelIds)."""
-        return self.spec.labels.to_source_ids(train_ids, fill)
 
 
 def find_checkpoint(run_dir: Path) -> Path:

@@ -54,6 +54,16 @@ def register_net(builder: Callable[..., Any], name: str | None = None) -> Callab
     return builder
 
 
+def import_user_modules(names: Any) -> None:
+    """Import the modules of the user's own ``imports=[...]`` (their command line: code they chose to run), so nets
+    that call ``register_net`` on import are known before a checkpoint is read."""
+    for name in names or []:
+        try:
+            importlib.import_module(str(name))
+        except ImportError as err:
+            raise SegkitError(f"imports: cannot import '{name}' ({err}); give importable module names") from None
+
+
 @functools.lru_cache(maxsize=1)
 def _builtin_nets() -> dict[str, Callable[..., Any]]:
     """segkit's nets (``nn.Module`` classes defined in ``segkit.models.nets.*``) and torchvision's registered

@@ -146,6 +146,12 @@ class SegmentationDataModule(LightningDataModule):
             self._datasets[stage] = TransformedDataset(self.raw_dataset(stage), transform, full_mask=stage != "train")
         return self._datasets[stage]
 
+    def eval_dataset(self, stage: str) -> Dataset:
+        """``stage`` (the train split too) as evaluation reads it: the spec's eval transform, masks as read."""
+        if stage != "train":
+            return self.split_dataset(stage)
+        return TransformedDataset(self.raw_dataset(stage), self.spec.eval_transform(), full_mask=True)
+
     def raw_dataset(self, stage: str) -> Dataset:
         """The untransformed dataset of ``stage``: ``(image, train-id mask)`` as read (class statistics, tools)."""
         if stage in self._datasets:

@@ -23,6 +23,9 @@ from segkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, NormalizeChannel
 
 MAX_CLASSES = 4096
 MAX_CHANNELS = 64
+MAX_EVAL_SCORES = 2**28  # class scores of one image at eval_size (1 GiB in fp32): more is a typo or a hostile file
+TABLE_KEYS = {"name", "classes", "ignore_ids", "ignore_colors", "ignore_index", "unknown"}  # LabelTable.to_config
+CLASS_KEYS = {"name", "color", "ids", "source_colors"}
 INPUT_KEYS = ("mean", "std", "crop_size", "eval_size")
 
 
@@ -84,6 +87,12 @@ class InputSpec:
             raise SegkitError(f"{where}.std={list(std)}; every entry must be positive")
         for key, size in (("crop_size", crop_size), ("eval_size", eval_size)):
             check_size(f"{where}.{key}", None if size is None else _as_list(size))
+        scores = 0 if eval_size is None else int(eval_size[0]) * int(eval_size[1]) * labels.num_classes
+        if scores > MAX_EVAL_SCORES:
+            raise SegkitError(
+                f"{where}.eval_size={list(eval_size)} with {labels.num_classes} classes makes {scores} class scores per "
+                f"image (at most {MAX_EVAL_SCORES}); use a smaller eval_size, or inference=whole / inference.size=[h, w]"
+            )
         if labels.num_classes > MAX_CLASSES:
             raise SegkitError(f"label table '{labels.name}' has {labels.num_classes} classes; at most {MAX_CLASSES}")
         return cls(
@@ -183,20 +192,32 @@ def _numbers(key: str, value: Any) -> tuple[float, ...]:
     return tuple(float(v) for v in value)
 
 
+def _ids(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= 65535 for i in value
+    )
+
+
 def _stored_table(table: Any, source: str, where: str) -> LabelTable:
     """A stored, expanded label table -> ``LabelTable``; any malformed value is one line naming the record."""
     if not isinstance(table, dict) or not isinstance(table.get("classes"), list):
         raise SegkitError(f"{source}: {where} is not an expanded label table (a mapping with 'classes')")
     if "base" in table:
         raise SegkitError(f"{source}: {where}.base is not allowed: a stored table is stored expanded")
+    extra = sorted(set(table) - TABLE_KEYS)
+    if extra:
+        raise SegkitError(
+            f"{source}: {where}.{extra[0]} is not a key of an expanded table ({', '.join(sorted(TABLE_KEYS))})"
+        )
     if len(table["classes"]) > MAX_CLASSES:
         raise SegkitError(f"{source}: {where} lists {len(table['classes'])} classes; at most {MAX_CLASSES}")
     for entry in table["classes"]:
-        ids = entry.get("ids", []) if isinstance(entry, dict) else None
-        if not isinstance(ids, list) or not all(
-            isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= 65535 for i in ids
-        ):
+        if not isinstance(entry, dict) or set(entry) - CLASS_KEYS or not isinstance(entry.get("name"), str):
+            raise SegkitError(f"{source}: {where}.classes entries must be {{name, color, ids, source_colors}} mappings")
+        if not _ids(entry.get("ids", [])):
             raise SegkitError(f"{source}: {where}.classes ids must be lists of ids from 0 to 65535")
+    if not _ids(table.get("ignore_ids", [])):
+        raise SegkitError(f"{source}: {where}.ignore_ids must be a list of ids from 0 to 65535")
     ignore = table.get("ignore_index", 255)
     if isinstance(ignore, bool) or not isinstance(ignore, int) or not 0 <= ignore <= 255:
         raise SegkitError(f"{source}: {where}.ignore_index={ignore!r}; expected a whole number from 0 to 255")

@@ -374,11 +374,11 @@ def _apply_merge(table: str, entries: list[dict], merge: Mapping) -> list[dict]:
 
 
 def _as_color(table: str, value) -> Color:
-    try:
-        r, g, b = (int(c) for c in value)
-    except (TypeError, ValueError):
-        raise SegkitError(f"label table '{table}': colour {value!r} must be [r, g, b]") from None
-    return r, g, b
+    """``[r, g, b]`` of whole numbers 0-255 (YAML lists; tuples from Python), refused in one line otherwise."""
+    ok = isinstance(value, (list, tuple)) and len(value) == 3
+    if not ok or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in value):
+        raise SegkitError(f"label table '{table}': colour {value!r} must be [r, g, b] of whole numbers 0-255")
+    return int(value[0]), int(value[1]), int(value[2])
 
 
 def _color_code(color: Sequence[int]) -> int:

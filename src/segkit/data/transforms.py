@@ -36,7 +36,7 @@ class NormalizeChannels(A.ImageOnlyTransform):
         if channels > min(len(self.mean), len(self.std)):
             raise SegkitError(
                 f"the image has {channels} channels but mean/std give {len(self.mean)}/{len(self.std)}; "
-                f"add an entry per channel to data.train_transform.mean/std and data.val_transform.mean/std"
+                f"add an entry per channel to data.input.mean and data.input.std"
             )
         mean = np.asarray(self.mean[:channels], dtype=np.float32) * 255.0
         inv_std = 1.0 / (np.asarray(self.std[:channels], dtype=np.float32) * 255.0)
@@ -120,17 +120,19 @@ def train_transforms(
     if crop not in ("scale", "resized"):
         raise SegkitError(f"data.train_transform.crop={crop!r}; use 'scale' (scale+pad+crop) or 'resized'")
     if focus_classes and (crop != "scale" or crop_size is None):
-        raise SegkitError("data.train_transform.focus_classes needs crop=scale and a crop_size=[h, w] to place")
+        raise SegkitError(
+            "data.train_transform.focus_classes needs crop=scale and data.input.crop_size=[h, w] to place"
+        )
     if focus_classes and int(ignore_index) in [int(c) for c in focus_classes]:
         raise SegkitError(
             f"data.train_transform.focus_classes holds the ignore id {int(ignore_index)}; list train ids of classes"
         )
     if not isinstance(focus_p, (int, float)) or not 0.0 <= float(focus_p) <= 1.0:
         raise SegkitError(f"data.train_transform.focus_p={focus_p}; use a probability in [0, 1]")
-    check_size("data.train_transform.crop_size", None if crop_size is None else list(crop_size))
+    check_size("data.input.crop_size", None if crop_size is None else list(crop_size))
     check_size("data.train_transform.base_size", None if base_size is None else list(base_size))
     if crop == "resized" and crop_size is None:
-        raise SegkitError("data.train_transform.crop=resized needs data.train_transform.crop_size=[h, w]")
+        raise SegkitError("data.train_transform.crop=resized needs a crop size: set data.input.crop_size=[h, w]")
     steps: list[A.BasicTransform] = []
     if base_size is not None:
         steps.append(

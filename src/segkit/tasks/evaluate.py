@@ -24,12 +24,13 @@ from tqdm import tqdm
 from segkit import SegkitError
 from segkit.build import build_datamodule
 from segkit.data.datamodule import SegmentationDataModule
+from segkit.data.labels import LabelTable
 from segkit.data.pipeline import collate_eval, same_size_groups
 from segkit.inference import Inference, at_label_size, mode_for, predict_probs, resolve_device
 from segkit.loading import LoadedModel, load_model
 from segkit.metrics import MEAN_SCORES, SegmentationMetrics, flat_scores, scores_from_confusion
 from segkit.precision import settle_inference_precision
-from segkit.safe_config import build_stored_data
+from segkit.safe_config import build_stored_data, import_user_modules
 from segkit.visualize import colorize, save_confusion_png
 
 log = logging.getLogger("segkit")
@@ -69,7 +70,7 @@ class MaskWriter:
     e.g. Cityscapes labelIds) label-id PNG: files to score or submit (``predict``'s ``OverlayWriter`` draws for
     people instead)."""
 
-    def __init__(self, folder: Path, formats: Sequence[str], model: LoadedModel) -> None:
+    def __init__(self, folder: Path, formats: Sequence[str], model: LoadedModel, labels: LabelTable) -> None:
         import cv2
 
         self.cv2, self.folder, self.colors = cv2, folder, model.spec.colors
@@ -77,7 +78,8 @@ class MaskWriter:
         unknown = set(self.formats) - {"train_ids", "color", "label_ids"}
         if unknown:
             raise SegkitError(f"prediction_formats {sorted(unknown)} unknown; use train_ids, color, label_ids")
-        self.to_label_ids = model.to_source_ids if any(model.spec.labels.source_ids) else None
+        # the data's own table: the one its masks were read with (eval on another data group may use other ids)
+        self.to_label_ids = labels.to_source_ids if any(labels.source_ids) else None
         if "label_ids" in self.formats and self.to_label_ids is None:
             log.warning(f"checkpoint '{model.path}' stores no source ids; skipping label-id PNGs")
             self.formats.remove("label_ids")
@@ -122,6 +124,7 @@ def _plain(v: float) -> float | None:
 def evaluate_from_config(cfg: DictConfig) -> dict[str, float]:
     """``conf/eval.yaml`` onto ``evaluate``'s arguments."""
     device = resolve_device(cfg.device)
+    import_user_modules(cfg.get("imports"))
     model = load_model(cfg.ckpt, cfg.run_dir, map_location=device)
     precision = settle_inference_precision(cfg.precision, device, model)
     return evaluate(
@@ -156,11 +159,15 @@ def evaluate(
     """Score ``model`` on ``split`` of ``datamodule`` with inference ``mode``; write metrics.json, iou.md,
     confusion.png (and, with ``prediction_formats``, the predicted masks) to ``output_dir``. Returns flat metrics
     named like training's (``val/mIoU``, ``val/IoU/<class>``)."""
-    dataset = datamodule.split_dataset(split)
+    dataset = datamodule.eval_dataset(split)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_eval)
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    writer = MaskWriter(out_dir / "predictions", prediction_formats, model) if prediction_formats else None
+    writer = (
+        MaskWriter(out_dir / "predictions", prediction_formats, model, datamodule.labels)
+        if prediction_formats
+        else None
+    )
     names = sample_names(dataset, len(dataset))  # type: ignore[arg-type]
     log.info(f"evaluating {model.path} on {datamodule.name}/{split} ({len(names)} images) with {mode!r} on {device}")
 
@@ -168,6 +175,11 @@ def evaluate(
     seen = 0
     for images, masks in tqdm(loader, desc=f"eval {split}", disable=not progress):
         for batch, targets in same_size_groups(images, masks):
+            if batch.shape[1] != model.spec.in_channels:
+                raise SegkitError(
+                    f"data '{datamodule.name}' gives {batch.shape[1]}-channel images but checkpoint '{model.path}' "
+                    f"takes {model.spec.in_channels}; evaluate on data with its channels (e.g. data.use_depth)"
+                )
             try:
                 probs = predict_probs(model.net, batch.to(device), mode, precision)
             except torch.OutOfMemoryError as err:

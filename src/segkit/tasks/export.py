@@ -13,6 +13,7 @@ from segkit import SegkitError
 from segkit.build import build_net
 from segkit.exporters import export_onnx, export_torchscript
 from segkit.loading import load_model
+from segkit.safe_config import import_user_modules
 
 log = logging.getLogger("segkit")
 
@@ -23,6 +24,7 @@ def export_from_config(cfg: DictConfig) -> dict[str, float]:
     """``conf/export.yaml`` onto ``export``'s arguments: the net of ``ckpt``/``run_dir``, else an untrained
     ``model`` group with ``num_classes``/``in_channels``."""
     if cfg.ckpt or cfg.run_dir:
+        import_user_modules(cfg.get("imports"))
         loaded = load_model(cfg.ckpt, cfg.run_dir)
         net, in_channels = loaded.net, loaded.spec.in_channels
         name = loaded.path.stem if loaded.path else "model"

@@ -24,6 +24,7 @@ from segkit.data.datasets.base import IMAGE_SUFFIXES, read_image
 from segkit.inference import Inference, mode_for, predict_probs, resolve_device
 from segkit.loading import LoadedModel, load_model
 from segkit.precision import settle_inference_precision
+from segkit.safe_config import import_user_modules
 from segkit.visualize import colorize, draw_legend, overlay, write_rgb
 
 log = logging.getLogger("segkit")
@@ -160,6 +161,7 @@ def predict_from_config(cfg: DictConfig) -> dict[str, float]:
     if not cfg.input:
         raise SegkitError("no input given: pass input=<image | folder | 'glob/*.png' | video.mp4>")
     device = resolve_device(cfg.device)
+    import_user_modules(cfg.get("imports"))
     model = load_model(cfg.ckpt, cfg.run_dir, map_location=device)
     return predict(
         model,
