@@ -182,3 +182,14 @@ def test_the_checkpoint_spec_is_read_back_as_is(camvid_run):
     record = torch.load(camvid_run["best"], weights_only=True)["segkit"]["input"]
     assert (record["crop_size"], record["eval_size"]) == ([64, 96], [90, 120])
     assert record["labels"]["name"] == "camvid" and len(record["labels"]["classes"]) == 11
+
+
+def test_export_takes_the_checkpoints_eval_size_as_its_example(camvid_run, tmp_path, monkeypatch):
+    from segkit.tasks import export as export_task
+
+    shapes = []
+    monkeypatch.setattr(export_task, "export", lambda net, output, **kw: shapes.append(kw["shape"]) or {})
+    export_task.export_from_config(compose_config("export", [f"ckpt={camvid_run['best']}"], output_dir=tmp_path))
+    sized = [f"ckpt={camvid_run['best']}", "height=64", "width=80"]
+    export_task.export_from_config(compose_config("export", sized, output_dir=tmp_path))
+    assert shapes == [(1, 3, 90, 120), (1, 3, 64, 80)]

@@ -28,10 +28,12 @@ def export_from_config(cfg: DictConfig) -> dict[str, float]:
         loaded = load_model(cfg.ckpt, cfg.run_dir)
         net, in_channels = loaded.net, loaded.spec.in_channels
         name = loaded.path.stem if loaded.path else "model"
+        size = loaded.spec.eval_size or loaded.spec.crop_size or (512, 512)
     elif cfg.get("model"):  # an optional group, absent by default
         in_channels = int(cfg.in_channels)
         net = build_net(cfg.model, int(cfg.num_classes), in_channels, for_weights=True)  # untrained: no download
         name = str(cfg.model._target_).rsplit(".", 1)[-1].lower()
+        size = (512, 512)
         log.info(f"exporting an untrained {cfg.model._target_} ({cfg.num_classes} classes)")
     else:
         raise SegkitError("nothing to export: pass ckpt=path/to/file.ckpt or model=<name from conf/model>")
@@ -39,7 +41,7 @@ def export_from_config(cfg: DictConfig) -> dict[str, float]:
         net,
         Path(str(cfg.output)) if cfg.output else Path(str(cfg.output_dir)) / name,
         format=str(cfg.format),
-        shape=(int(cfg.batch), in_channels, int(cfg.height), int(cfg.width)),
+        shape=(int(cfg.batch), in_channels, int(cfg.height or size[0]), int(cfg.width or size[1])),
         opset=int(cfg.opset),
         dynamic=str(cfg.dynamic),
         check=bool(cfg.check),
