@@ -130,7 +130,11 @@ class InputSpec:
     def eval_transform(self) -> A.Compose:
         """Validation, test, eval and predict: normalisation only. The resize to ``eval_size`` happens on the
         tensor (``inference()``), the same step in all of them, and the masks stay at their own resolution."""
-        return A.Compose([NormalizeChannels(mean=self.mean, std=self.std), ToTensorV2()])
+        pipeline = self.__dict__.get("_eval_pipeline")  # built once per spec: predict normalises every image with it
+        if pipeline is None:
+            pipeline = A.Compose([NormalizeChannels(mean=self.mean, std=self.std), ToTensorV2()])
+            object.__setattr__(self, "_eval_pipeline", pipeline)
+        return pipeline
 
     def inference(self):
         """How the net is applied to a whole image: ``Resized(eval_size)``, or ``WholeImage()``."""
