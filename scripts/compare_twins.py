@@ -65,6 +65,11 @@ def _smp_model(cls: str, encoder: str, **kwargs) -> Callable[[int], nn.Module]:
     return build
 
 
+# smp's UPerNet: a 256-wide decoder, a LayerNorm on every encoder map, no dropout and no auxiliary head (segkit's
+# default is mmsegmentation's: 512 wide, no norms, dropout 0.1, the FCN head on stage 3); the parameters then match
+# one for one
+UPERNET_AS_SMP = ("channels=256", "feature_norms=true", "dropout=0.0", "aux=false")
+
 PAIRS: dict[str, Pair] = {
     "deeplabv3_resnet50": Pair(
         "deeplabv3_resnet50", "torchvision deeplabv3_resnet50", _tv_deeplabv3("deeplabv3_resnet50")
@@ -88,8 +93,20 @@ PAIRS: dict[str, Pair] = {
     ),
     "linknet_resnet18": Pair("linknet_resnet18", "smp Linknet (resnet18)", _smp_model("Linknet", "resnet18")),
     "linknet_resnet34": Pair("linknet_resnet34", "smp Linknet (resnet34)", _smp_model("Linknet", "resnet34")),
+    # the same layout on both sides: MiT-B0 and a 256-wide all-MLP decoder
+    "segformer_b0": Pair("segformer_b0", "smp Segformer (mit_b0)", _smp_model("Segformer", "mit_b0")),
+    "upernet_resnet50": Pair(
+        "upernet_resnet50", "smp UPerNet (resnet50)", _smp_model("UPerNet", "resnet50"), overrides=UPERNET_AS_SMP
+    ),
 }
-DEFAULT_PAIRS = ["deeplabv3_resnet50", "deeplabv3plus_resnet50", "fpn_resnet50", "linknet_resnet34"]
+DEFAULT_PAIRS = [
+    "deeplabv3_resnet50",
+    "deeplabv3plus_resnet50",
+    "fpn_resnet50",
+    "linknet_resnet34",
+    "segformer_b0",
+    "upernet_resnet50",
+]
 
 
 def build_segkit(name: str, overrides: tuple[str, ...], num_classes: int) -> nn.Module:

@@ -164,6 +164,15 @@ COVERAGE: dict[str, Run | Compose | Covered | NotRunnable] = {
         "tests/test_benchmark_export.py::test_flops_only_mode_and_unknown_model", ("flops_only=true",)
     ),
     "python src/train.py model=pspnet_resnet50 aux_weights={aux:0.2}": Compose("downloads ResNet-50 ImageNet weights"),
+    "python src/train.py model=upernet_convnext_tiny model.backbone=swin_s": Compose(
+        "downloads Swin-S ImageNet weights"
+    ),
+    "python src/train.py model=fpn_resnet50 model.backbone=efficientnet_b3": Compose(
+        "downloads EfficientNet-B3 ImageNet weights"
+    ),
+    "python scripts/check_trunks.py swin_b convnext_large": Covered(
+        "tests/data/test_scripts.py::test_check_trunks_reports_one_line_per_trunk", ("check_trunks_main",)
+    ),
     "python src/train.py model=pspnet_resnet50 ++aux_weights.aux=0.2": Compose("downloads ResNet-50 ImageNet weights"),
     # --- docs/training.md
     "python src/train.py hparams_search=optuna hydra.sweeper.storage=sqlite:///optuna.db": Covered(

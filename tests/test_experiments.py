@@ -26,6 +26,7 @@ EXPERIMENTS = [
     "camvid_segnet",
     "camvid_enet",
     "camvid_quick",
+    "camvid_segformer_b0",
     "synthetic_long",
 ]
 SYNTHETIC = [

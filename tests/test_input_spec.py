@@ -102,15 +102,30 @@ def test_eval_on_another_data_config_adopts_the_nets_spec_and_refuses_other_clas
         datamodule.adopt_input(InputSpec.from_config({}, load_table("binary"), 3))
 
 
+VAL_IMAGES = 30  # of CamVid's 101: every route below scores them, at 360x480
+
+
 @pytest.fixture(scope="module")
-def camvid_run(tmp_path_factory) -> dict:
-    """A small U-Net trained a few hundred steps on CamVid crops at quarter resolution, validated at 90x120."""
+def camvid_root(tmp_path_factory):
+    """CamVid with its first ``VAL_IMAGES`` val images: the folders linked, val.txt cut short."""
     if not (CAMVID / "val.txt").is_file():
         pytest.skip(f"CamVid is not at {CAMVID}")
+    root = tmp_path_factory.mktemp("camvid")
+    for name in ("train", "trainannot", "val", "valannot"):
+        (root / name).symlink_to(CAMVID / name, target_is_directory=True)
+    shutil.copy(CAMVID / "train.txt", root)
+    lines = (CAMVID / "val.txt").read_text().splitlines()[:VAL_IMAGES]
+    (root / "val.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def camvid_run(tmp_path_factory, camvid_root) -> dict:
+    """A small U-Net trained a few hundred steps on CamVid crops at quarter resolution, validated at 90x120."""
     run = tmp_path_factory.mktemp("camvid_run")
     overrides = [
         "data=camvid",
-        f"data.root={CAMVID}",
+        f"data.root={camvid_root}",
         "data.input.crop_size=[64,96]",
         "data.input.eval_size=[90,120]",
         "data.train_transform.base_size=[90,120]",
@@ -131,7 +146,7 @@ def camvid_run(tmp_path_factory) -> dict:
         "logger=csv",
     ]
     metrics = train(compose_config("train", CPU_RUN + overrides, output_dir=run))
-    return {"run": run, "best": metrics["best_model_path"], "score": metrics["best/val/mIoU"]}
+    return {"run": run, "best": metrics["best_model_path"], "score": metrics["best/val/mIoU"], "root": camvid_root}
 
 
 def _eval(tmp_path, name: str, *overrides: str) -> float:
@@ -143,13 +158,13 @@ def _eval(tmp_path, name: str, *overrides: str) -> float:
 
 
 def test_eval_reproduces_the_val_score_through_every_route_and_predict_writes_what_it_scores(camvid_run, tmp_path):
-    score, best, run = camvid_run["score"], camvid_run["best"], camvid_run["run"]
+    score, best, run, root = camvid_run["score"], camvid_run["best"], camvid_run["run"], camvid_run["root"]
     assert score > 0.15  # the net learned something, so the way it is applied shows in the score
     routes = {
         "ckpt": [f"ckpt={best}", "save_predictions=true", "prediction_formats=[train_ids]"],
         "run_dir": [f"run_dir={run}", f"ckpt={best}"],
-        "data_group": [f"ckpt={best}", "data=camvid", f"data.root={CAMVID}"],  # the group's own input spec differs
-        "data_root": [f"ckpt={best}", f"data_root={CAMVID}"],
+        "data_group": [f"ckpt={best}", "data=camvid", f"data.root={root}"],  # the group's own input spec differs
+        "data_root": [f"ckpt={best}", f"data_root={root}"],
         "resize": [f"ckpt={best}", "inference=resize"],  # size null: the net's eval size
     }
     for name, overrides in routes.items():
@@ -158,11 +173,11 @@ def test_eval_reproduces_the_val_score_through_every_route_and_predict_writes_wh
     assert abs(whole - score) > 0.005
 
     # predict on a few val images writes the masks eval scored for them
-    names = [line.split()[0] for line in (CAMVID / "val.txt").read_text().splitlines()[:4]]
+    names = [line.split()[0] for line in (root / "val.txt").read_text().splitlines()[:4]]
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     for name in names:
-        shutil.copy(CAMVID / name, inputs)
+        shutil.copy(root / name, inputs)
     out = tmp_path / "predicted"
     cfg = compose_config("predict", [f"ckpt={best}", f"input={inputs}", "save_ids=true", "precision=fp32"])
     with open_dict(cfg):
@@ -175,7 +190,7 @@ def test_eval_reproduces_the_val_score_through_every_route_and_predict_writes_wh
         assert predicted.shape == scored.shape == (360, 480)
         assert np.array_equal(predicted, scored), stem
     report = json.loads((tmp_path / "ckpt" / "metrics.json").read_text())
-    assert report["images"] == 101 and "90" in report["inference"]
+    assert report["images"] == VAL_IMAGES and "90" in report["inference"]
 
 
 def test_the_checkpoint_spec_is_read_back_as_is(camvid_run):

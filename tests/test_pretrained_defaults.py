@@ -34,6 +34,8 @@ def test_backbone_configs_default_to_imagenet_weights(name):
     cfg = raw_model_config(name)
     if name.startswith("tv_"):  # torchvision's whole COCO model stays opt-in; its ImageNet trunk is the default
         assert cfg.pretrained is False and cfg.pretrained_backbone is True
+    elif str(cfg.get("backbone")).startswith("mit_"):  # SegFormer's MiT is not in torchvision: nothing to download
+        assert cfg.pretrained is False and cfg.weights_path is None, "the authors' file comes by weights_path"
     elif "pretrained" in cfg:
         assert cfg.pretrained is True, f"conf/model/{name}.yaml should start from ImageNet weights"
     else:  # nets without a torchvision trunk have nothing to load

@@ -55,6 +55,18 @@ def test_compare_twins_prints_a_ratio_table(capsys):
     assert float(row[5]) > 0 and float(row[7]) > 0
 
 
+def test_check_trunks_reports_one_line_per_trunk(capsys):
+    """The big-trunk script on the smallest RegNet: the step's line, then the tally; an unknown name is refused."""
+    from scripts.check_trunks import main as check_trunks_main
+
+    assert check_trunks_main(["regnet_x_400mf", "--size", "32", "--no-export"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("regnet_x_400mf") and "step" in lines[0] and lines[-1] == "1/1 trunks passed"
+    with pytest.raises(SystemExit):
+        check_trunks_main(["resnet5"])
+    assert "unknown trunks ['resnet5']" in capsys.readouterr().err
+
+
 def test_compare_twins_names_an_unknown_pair(capsys):
     from scripts.compare_twins import main as twins_main
 

@@ -1,5 +1,6 @@
 """The backbone contract: stage shapes, channels and strides per family, dilation as torchvision does it, weights
-from a local file or torchvision's API, and RGB-D first convolutions."""
+from a local file or torchvision's API, RGB-D first convolutions, and the trunk declarations nets build on
+(``TRUNKS``, ``pyramid_indices``)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from torch import nn
 
 from segkit import SegkitError
 from segkit.models.backbones import (
+    FAMILIES,
+    TRUNKS,
     Backbone,
     adapt_first_conv,
     build_backbone,
+    pyramid_indices,
     replace_first_conv,
     torchvision_model,
     vgg_conv_stages,
@@ -34,7 +38,9 @@ def check_contract(net: Backbone, size: int = 64, in_channels: int = 3) -> None:
 @pytest.mark.parametrize(
     "name, output_stride",
     [("resnet18", 32), ("resnet18", 16), ("resnet34", 8), ("resnet50", 8), ("densenet121", 32), ("vgg16_bn", 32)]
-    + [("mobilenet_v2", 32), ("mobilenet_v3_large", 32), ("mobilenet_v3_large", 16), ("mobilenet_v3_small", 32)],
+    + [("mobilenet_v2", 32), ("mobilenet_v3_large", 32), ("mobilenet_v3_large", 16), ("mobilenet_v3_small", 32)]
+    + [("convnext_tiny", 32), ("swin_t", 32), ("efficientnet_b0", 32), ("efficientnet_v2_s", 32)]
+    + [("regnet_x_400mf", 32), ("regnet_y_400mf", 32)],
 )
 def test_every_family_gives_stage_features_with_their_channels_and_strides(name, output_stride):
     net = build_backbone(name, in_channels=4, output_stride=output_stride)
@@ -54,6 +60,15 @@ def test_every_family_gives_stage_features_with_their_channels_and_strides(name,
         ("vgg16", [64, 128, 256, 512, 512], [2, 4, 8, 16, 32]),
         ("mobilenet_v2", [16, 24, 32, 96, 1280], [2, 4, 8, 16, 32]),
         ("mobilenet_v3_large", [16, 24, 40, 112, 960], [2, 4, 8, 16, 32]),
+        ("convnext_tiny", [96, 192, 384, 768], [4, 8, 16, 32]),
+        ("convnext_base", [128, 256, 512, 1024], [4, 8, 16, 32]),
+        ("convnext_large", [192, 384, 768, 1536], [4, 8, 16, 32]),
+        ("swin_b", [128, 256, 512, 1024], [4, 8, 16, 32]),
+        ("swin_v2_b", [128, 256, 512, 1024], [4, 8, 16, 32]),
+        ("efficientnet_b7", [32, 48, 80, 224, 2560], [2, 4, 8, 16, 32]),
+        ("efficientnet_v2_l", [32, 64, 96, 224, 1280], [2, 4, 8, 16, 32]),
+        ("regnet_x_32gf", [336, 672, 1344, 2520], [4, 8, 16, 32]),
+        ("regnet_y_128gf", [528, 1056, 2904, 7392], [4, 8, 16, 32]),
     ],
 )
 def test_declared_channels_and_strides(name, channels, strides):
@@ -62,13 +77,16 @@ def test_declared_channels_and_strides(name, channels, strides):
     assert (net.channels, net.strides) == (channels, strides)
 
 
-@pytest.mark.parametrize("name", ["resnet50", "densenet121", "vgg16", "mobilenet_v2"])
+@pytest.mark.parametrize(
+    "name", ["resnet50", "densenet121", "vgg16", "mobilenet_v2", "convnext_tiny", "efficientnet_b0", "regnet_x_400mf"]
+)
 def test_backbone_holds_the_classifier_trunk_only(name):
     """Parameters: torchvision's classifier minus its fully connected head, plus the 4th input channel."""
     with torch.device("meta"):
         net = build_backbone(name, in_channels=4)
+    with torch.device("cpu" if name.startswith("regnet") else "meta"):  # torchvision sizes RegNets by reading tensors
         full = torchvision.models.get_model(name, weights=None)
-    head = full.fc if name.startswith("resnet") else full.classifier
+    head = full.fc if hasattr(full, "fc") else full.classifier
     first = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
     extra = first.out_channels * first.kernel_size[0] * first.kernel_size[1]
     count = sum(p.numel() for p in net.parameters())
@@ -119,7 +137,15 @@ def test_vgg_conv_stages_share_the_backbone_modules():
 
 
 def test_unsupported_strides_and_names_are_clear_errors():
-    for name in ("densenet121", "vgg16", "mobilenet_v2"):
+    for name in (
+        "densenet121",
+        "vgg16",
+        "mobilenet_v2",
+        "convnext_tiny",
+        "swin_t",
+        "efficientnet_b0",
+        "regnet_x_400mf",
+    ):
         with pytest.raises(SegkitError, match=f"output_stride=8: the {name} backbone supports"):
             build_backbone(name, output_stride=8)
     with pytest.raises(SegkitError, match="model.backbone='resnet51'; choose one of"):
@@ -213,7 +239,11 @@ def test_missing_and_mismatched_files_are_clear_errors(tmp_path, resnet18_file):
         build_backbone("densenet121", weights_path=str(tmp_path / "junk.pth"))
 
 
-@pytest.mark.parametrize("name", ["resnet18", "densenet121", "vgg11", "mobilenet_v2"])
+@pytest.mark.parametrize(
+    "name",
+    ["resnet18", "densenet121", "vgg11", "mobilenet_v2", "convnext_tiny", "swin_t", "efficientnet_b0"]
+    + ["regnet_x_400mf"],
+)
 def test_pretrained_without_internet_says_what_to_do(monkeypatch, name):
     def offline(*args, **kwargs):
         raise OSError("network unreachable")
@@ -221,5 +251,98 @@ def test_pretrained_without_internet_says_what_to_do(monkeypatch, name):
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
     with pytest.raises(SegkitError, match=f"could not download {name} weights") as err:
         build_backbone(name, pretrained=True)
+    assert "\n" not in str(err.value)
     for fix in ("$TORCH_HOME/hub/checkpoints", "model.weights_path=", "model.pretrained=false"):
         assert fix in str(err.value)
+
+
+# Per family, its smallest model: where torchvision keeps the first convolution and one deep tensor, and where
+# the backbone keeps them.
+LOCAL_WEIGHTS = [
+    ("convnext_tiny", "features.0.0.weight", "stem.0.weight", "features.7.2.block.5.weight", "stage4.2.block.5.weight"),
+    (
+        "swin_t",
+        "features.0.0.weight",
+        "stem.0.weight",
+        "features.5.5.attn.qkv.weight",
+        "stage3.blocks.5.attn.qkv.weight",
+    ),
+    ("efficientnet_b0", "features.0.0.weight", "0.0.weight", "features.8.0.weight", "8.0.weight"),
+    (
+        "regnet_x_400mf",
+        "stem.0.weight",
+        "stem.0.weight",
+        "trunk_output.block4.block4-11.f.c.0.weight",
+        "block4.block4-11.f.c.0.weight",
+    ),
+]
+
+
+@pytest.mark.parametrize("name, first, first_here, deep, deep_here", LOCAL_WEIGHTS, ids=[w[0] for w in LOCAL_WEIGHTS])
+def test_weights_path_loads_a_torchvision_state_dict_and_keeps_rgb_filters(
+    tmp_path, name, first, first_here, deep, deep_here
+):
+    """``weights_path``: the state dict of the same torchvision model, saved locally, loads into the trunk; an RGB-D
+    trunk keeps its RGB filters and gives the depth channel their mean."""
+    state = torchvision.models.get_model(name, weights=None).state_dict()
+    torch.save(state, tmp_path / f"{name}.pth")
+    net = build_backbone(name, in_channels=4, weights_path=str(tmp_path / f"{name}.pth"))
+    own = net.state_dict()
+    assert torch.equal(own[first_here][:, :3], state[first])
+    assert torch.allclose(own[first_here][:, 3], state[first].mean(1))
+    assert torch.equal(own[deep_here], state[deep])
+
+
+@pytest.mark.parametrize("name", ["swin_t", "swin_v2_t"])
+def test_swin_returns_normalised_nchw_maps_for_any_input_size(name):
+    """An odd input that is a multiple of neither the patch, the window nor 32 gives NCHW maps of ceil(size /
+    stride), each normalised over its channels by its stage's LayerNorm; the next stage reads the stream before
+    that norm, as in the classifier."""
+    torch.manual_seed(0)
+    net = build_backbone(name).eval()
+    x = torch.randn(1, 3, 45, 61)
+    with torch.no_grad():
+        maps = net(x)
+        assert [tuple(m.shape[1:]) for m in maps] == [(96, 12, 16), (192, 6, 8), (384, 3, 4), (768, 2, 2)]
+        for m in maps:
+            torch.testing.assert_close(m.mean(1), torch.zeros_like(m[:, 0]), atol=1e-4, rtol=0)
+        torch.nn.init.zeros_(net.stage1.norm.weight)
+        again = net(x)
+    assert not again[0].any()
+    for before, after in zip(maps[1:], again[1:]):
+        torch.testing.assert_close(after, before)
+
+
+def test_swin_keeps_sane_keys_and_the_classifier_norm():
+    """Stages by name; the last stage's norm is the classifier's final LayerNorm (pretrained with it), the other
+    three are new: the trunk holds the classifier minus its head, plus those three norms."""
+    with torch.device("meta"):
+        net = build_backbone("swin_t")
+        full = torchvision.models.swin_t()
+    keys = set(net.state_dict())
+    assert {"stem.0.weight", "stage1.blocks.0.attn.qkv.weight", "stage2.downsample.reduction.weight"} <= keys
+    assert {f"stage{i}.norm.weight" for i in (1, 2, 3, 4)} <= keys
+    new_norms = sum(2 * c for c in net.channels[:3])
+    count = sum(p.numel() for p in net.parameters())
+    assert (
+        count == sum(p.numel() for p in full.parameters()) - sum(p.numel() for p in full.head.parameters()) + new_norms
+    )
+
+
+def test_trunks_name_every_family_and_each_name_once():
+    assert tuple(name for archs, _ in FAMILIES for name in archs) == TRUNKS
+    assert len(set(TRUNKS)) == len(TRUNKS)
+    for name in ("resnet50", "convnext_tiny", "swin_v2_b", "efficientnet_v2_l", "regnet_y_128gf", "regnet_x_400mf"):
+        assert name in TRUNKS
+    assert {n for n in torchvision.models.list_models(torchvision.models) if n.startswith("regnet")} <= set(TRUNKS)
+
+
+def test_pyramid_indices_pick_the_maps_at_the_strides_asked():
+    with torch.device("meta"):
+        vgg, resnet = build_backbone("vgg11"), build_backbone("resnet18", output_stride=8)
+    assert pyramid_indices(vgg) == [1, 2, 3, 4]
+    assert pyramid_indices(vgg, (8, 32)) == [2, 4]
+    assert pyramid_indices(resnet, (4, 8)) == [0, 3]  # the deepest map at stride 8
+    with pytest.raises(SegkitError) as err:
+        pyramid_indices(resnet)
+    assert "\n" not in str(err.value) and "strides [4, 8, 8, 8], not at [16, 32]" in str(err.value)

@@ -186,5 +186,5 @@ def test_param_count_and_config():
     with torch.device("meta"):
         built = hydra.utils.instantiate(cfg, num_classes=21, in_channels=3, pretrained=False)
     assert count_params(built) == 24_589_535
-    with pytest.raises(SegkitError, match="ResNet"):
+    with pytest.raises(SegkitError, match=r"model.backbone=.vgg16.: ICNet takes one of \(.resnet18"):
         ICNet(num_classes=3, backbone="vgg16")

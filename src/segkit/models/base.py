@@ -2,10 +2,10 @@
 
 What the rest of segkit reads from a net is declared here, not found by looking for attribute names: the trunk
 (``backbone``: the optimizer tunes it apart from the head), the auxiliary heads by output name (``aux_heads``), the
-loss weights its paper trains them with (``default_aux_weights``), and the main logits of its output
-(``main_logits``). A net returns B x K x H x W logits at the input size for any H x W; in training mode a net with
-auxiliary heads returns ``{"out": logits, <head name>: output, ...}`` instead, which ``SegmentationModule`` scores
-head by head.
+loss weights its paper trains them with (``default_aux_weights``), the main logits of its output (``main_logits``)
+and the trunks its constructor takes (``trunks``, built by ``build_trunk``). A net returns B x K x H x W logits at
+the input size for any H x W; in training mode a net with auxiliary heads returns ``{"out": logits, <head name>:
+output, ...}`` instead, which ``SegmentationModule`` scores head by head.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from segkit import SegkitError
+from segkit.models.backbones import Backbone, build_backbone
 from segkit.models.blocks import crop_to, main_logits, pad_to_multiple, resize_to
 
 
@@ -32,6 +34,10 @@ class SegmentationNet(nn.Module):
     - ``default_aux_weights``: output name -> loss weight of each auxiliary output, as the net's paper trains it
       (the run's ``aux_weights`` overrides them).
     - ``main_logits(output)``: the B x K x H x W logits of an output, a tensor or the training-mode dict.
+    - ``trunks``: the ``model.backbone`` names the constructor accepts (a subset of
+      ``segkit.models.backbones.TRUNKS``; empty for a net without a choice of trunk). The constructor builds its
+      trunk with ``self.build_trunk(...)``, which refuses any other name in one line that lists these; a test
+      builds every net with every trunk it declares.
 
     ``forward`` is the skeleton of trunk-and-head nets: the input padded to ``input_multiple`` (the strides the net
     needs to divide it), the trunk's features, ``decode`` to logits resized to the padded input and cropped back; in
@@ -41,6 +47,7 @@ class SegmentationNet(nn.Module):
 
     default_aux_weights: ClassVar[Mapping[str, float]] = MappingProxyType({})
     input_multiple: ClassVar[int] = 1
+    trunks: ClassVar[tuple[str, ...]] = ()
     main_logits = staticmethod(main_logits)
 
     @property
@@ -54,6 +61,14 @@ class SegmentationNet(nn.Module):
         if module is not None:
             raise TypeError(f"{type(self).__name__}.backbone must be an nn.Module or None, not {type(module).__name__}")
         self._modules.pop("backbone", None)
+
+    def build_trunk(
+        self, name: str, in_channels: int, output_stride: int, pretrained: bool, weights_path: str | None
+    ) -> Backbone:
+        """``build_backbone`` for a trunk this net declares in ``trunks``; any other name is a one-line error."""
+        if name not in type(self).trunks:
+            raise SegkitError(f"model.backbone={name!r}: {type(self).__name__} takes one of {type(self).trunks}")
+        return build_backbone(name, in_channels, output_stride, pretrained, weights_path)
 
     @property
     def aux_heads(self) -> Mapping[str, nn.Module]:

@@ -22,7 +22,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from segkit import SegkitError
-from segkit.models.backbones import build_backbone
+from segkit.models.backbones import RESNET_ARCHS
 from segkit.models.base import SegmentationNet
 
 LAYER3_DILATIONS = (1, 2, 5, 9)
@@ -80,6 +80,7 @@ class DUCHDC(SegmentationNet):
     """
 
     input_multiple = OUTPUT_STRIDE
+    trunks = RESNET_ARCHS  # hybrid dilation rewrites layer3 and layer4
 
     def __init__(
         self,
@@ -92,7 +93,7 @@ class DUCHDC(SegmentationNet):
         duc_norm: bool = False,
     ) -> None:
         super().__init__()
-        self.backbone = build_backbone(backbone, in_channels, OUTPUT_STRIDE, pretrained, weights_path)
+        self.backbone = self.build_trunk(backbone, in_channels, OUTPUT_STRIDE, pretrained, weights_path)
         apply_hybrid_dilation(self.backbone.layer3, LAYER3_DILATIONS)
         apply_hybrid_dilation(self.backbone.layer4, LAYER4_DILATIONS)
         self.duc = DenseUpsamplingConv(

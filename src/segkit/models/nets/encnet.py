@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segkit import SegkitError
-from segkit.models.backbones import build_backbone
+from segkit.models.backbones import RESNET_ARCHS
 from segkit.models.base import SegmentationNet
 from segkit.models.blocks import ConvBNReLU, FCNHead, resize_to
 
@@ -105,6 +105,7 @@ class EncNet(SegmentationNet):
     """
 
     default_aux_weights = {"aux": 0.2, "se": 0.2}
+    trunks = RESNET_ARCHS  # dilated to output stride 8, or four stages for JPU
 
     def __init__(
         self,
@@ -126,7 +127,7 @@ class EncNet(SegmentationNet):
             head_kernel_size = 1 if jpu else 3
         if head_kernel_size < 1 or head_kernel_size % 2 == 0:
             raise SegkitError(f"model.head_kernel_size={head_kernel_size}; use an odd size (1 or 3) or null")
-        self.backbone = build_backbone(backbone, in_channels, 32 if jpu else 8, pretrained, weights_path)
+        self.backbone = self.build_trunk(backbone, in_channels, 32 if jpu else 8, pretrained, weights_path)
         channels = self.backbone.channels
         self.jpu = JointPyramidUpsampling(channels[1:], head_channels) if jpu else None
         top = self.jpu.out_channels if jpu else channels[3]

@@ -23,11 +23,9 @@ import torch
 from torch import nn
 
 from segkit import SegkitError
-from segkit.models.backbones import DENSENET_ARCHS, RESNET_ARCHS, VGG_ARCHS, build_backbone, vgg_fully_connected
+from segkit.models.backbones import DENSENET_ARCHS, RESNET_ARCHS, VGG_ARCHS, vgg_fully_connected
 from segkit.models.base import SegmentationNet
 from segkit.models.blocks import ConvBNReLU, bilinear_upsampler, crop_to, pad_to_multiple
-
-BACKBONES = VGG_ARCHS + RESNET_ARCHS + DENSENET_ARCHS
 
 # Shelhamer's Crop offsets: where each map starts in the coordinates of the map it is added to (or of the input).
 CAFFE_SKIP_OFFSETS = {"pool4": 5, "pool3": 9}
@@ -45,6 +43,8 @@ class FCN(SegmentationNet):
     docstring; neither changes the parameters, so a state dict loads into either geometry.
     """
 
+    trunks = VGG_ARCHS + RESNET_ARCHS + DENSENET_ARCHS
+
     def __init__(
         self,
         num_classes: int,
@@ -60,13 +60,11 @@ class FCN(SegmentationNet):
         super().__init__()
         if variant not in ("32s", "16s", "8s"):
             raise SegkitError(f"model.variant={variant!r}; choose 32s, 16s or 8s")
-        if backbone not in BACKBONES:
-            raise SegkitError(f"model.backbone={backbone!r}; FCN takes one of {BACKBONES}")
         if caffe_form and backbone not in VGG_ARCHS:
             raise SegkitError(f"model.caffe_form=true is the Caffe VGG graph; use a VGG backbone, not {backbone!r}")
         self.variant, self.caffe_form = variant, caffe_form
         self.skip_scales = AT_ONCE_SCALES if at_once_scaling else {"pool4": 1.0, "pool3": 1.0}
-        self.backbone = build_backbone(backbone, in_channels, 32, pretrained, weights_path)
+        self.backbone = self.build_trunk(backbone, in_channels, 32, pretrained, weights_path)
         strides, channels = self.backbone.strides, self.backbone.channels
         self.skips = (strides.index(8), strides.index(16))
         skip_channels = [channels[i] for i in self.skips]

@@ -1,4 +1,4 @@
-"""Semantic FPN: the Panoptic-FPN semantic head (Kirillov, Girshick, He & Dollár, CVPR 2019) on a ResNet.
+"""Semantic FPN: the Panoptic-FPN semantic head (Kirillov, Girshick, He & Dollár, CVPR 2019) on any trunk.
 
 A feature pyramid (Lin et al., 2017: 1x1 lateral convs, nearest-neighbour top-down pathway, 3x3 output
 convs, ``pyramid_channels`` wide) gives P2..P5 at strides 4..32. ``output_convs=False`` drops the four 3x3
@@ -6,7 +6,9 @@ output convs (2.4M parameters, most of their cost on the stride-4 level): the la
 segmentation_models_pytorch's FPN, whose semantic head follows the pyramid's sums directly. The semantic head brings every level to
 stride 4 with stages of 3x3 conv - GroupNorm - ReLU (``head_channels`` wide) each followed by a 2x bilinear
 upsample (P2 gets one stage without upsampling), sums them, classifies with a 1x1 conv and upsamples x4.
-It is the light, all-scales decoder the paper proposed as a strong baseline for dense prediction.
+It is the light, all-scales decoder the paper proposed as a strong baseline for dense prediction. The pyramid
+takes the trunk's maps at strides 4..32 (``pyramid_indices``), so every trunk fits, those that also return a
+stride-2 map (VGG, MobileNet, EfficientNet) included.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segkit.models.backbones import build_backbone
+from segkit.models.backbones import TRUNKS, pyramid_indices
 from segkit.models.base import SegmentationNet
 
 
@@ -66,9 +68,10 @@ class SemanticHead(nn.Module):
 
 
 class SemanticFPN(SegmentationNet):
-    """Semantic FPN on a torchvision ResNet (ResNet-50 in the paper's ablations)."""
+    """Semantic FPN on any trunk (ResNet-50 in the paper's ablations), its maps at strides 4, 8, 16, 32."""
 
     input_multiple = 32
+    trunks = TRUNKS
 
     def __init__(
         self,
@@ -83,10 +86,12 @@ class SemanticFPN(SegmentationNet):
         output_convs: bool = True,
     ) -> None:
         super().__init__()
-        self.backbone = build_backbone(backbone, in_channels, 32, pretrained, weights_path)
-        self.pyramid = FeaturePyramid(self.backbone.channels, pyramid_channels, output_convs)
-        self.head = SemanticHead(len(self.backbone.channels), pyramid_channels, head_channels, groups)
+        self.backbone = self.build_trunk(backbone, in_channels, 32, pretrained, weights_path)
+        self.pyramid_levels = pyramid_indices(self.backbone)
+        channels = [self.backbone.channels[i] for i in self.pyramid_levels]
+        self.pyramid = FeaturePyramid(channels, pyramid_channels, output_convs)
+        self.head = SemanticHead(len(channels), pyramid_channels, head_channels, groups)
         self.classifier = nn.Conv2d(head_channels, num_classes, 1)
 
     def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
-        return self.classifier(self.head(self.pyramid(features)))
+        return self.classifier(self.head(self.pyramid([features[i] for i in self.pyramid_levels])))

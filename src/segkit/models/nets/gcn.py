@@ -1,10 +1,11 @@
-"""GCN: "Large Kernel Matters" (Peng et al., 2017) on a torchvision ResNet.
+"""GCN: "Large Kernel Matters" (Peng et al., 2017) on a torchvision ResNet (or any trunk).
 
 Each of the four ResNet stages gets a Global Convolutional Network block (a large k x k receptive field
 built from separable k x 1 + 1 x k branches, so it stays cheap) that maps it straight to class scores,
 and a Boundary Refinement block (a small residual) that sharpens those scores near object edges. The
 coarse scores are then upsampled by transposed convolutions (bilinear at start) and summed stage by
-stage, as in the paper's Figure 2.
+stage, as in the paper's Figure 2. The decoder only needs the trunk's maps at strides 4, 8, 16, 32
+(``pyramid_indices``), so every trunk fits.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 from segkit import SegkitError
-from segkit.models.backbones import build_backbone
+from segkit.models.backbones import TRUNKS, pyramid_indices
 from segkit.models.base import SegmentationNet
 from segkit.models.blocks import bilinear_upsampler
 
@@ -56,9 +57,10 @@ class BoundaryRefine(nn.Module):
 
 
 class GCN(SegmentationNet):
-    """GCN + BR on each ResNet stage (strides 4..32), fused top-down by learnable x2 deconvolutions."""
+    """GCN + BR on each trunk stage at strides 4..32, fused top-down by learnable x2 deconvolutions."""
 
     input_multiple = 32
+    trunks = TRUNKS
 
     def __init__(
         self,
@@ -72,16 +74,18 @@ class GCN(SegmentationNet):
         super().__init__()
         if kernel_size < 3 or kernel_size % 2 == 0:
             raise SegkitError(f"model.kernel_size={kernel_size}; use an odd size >= 3 (the paper uses 7 to 15)")
-        self.backbone = build_backbone(backbone, in_channels, 32, pretrained, weights_path)
+        self.backbone = self.build_trunk(backbone, in_channels, 32, pretrained, weights_path)
+        self.pyramid_levels = pyramid_indices(self.backbone)
         k = num_classes
-        self.gcn = nn.ModuleList(GlobalConv(c, k, kernel_size) for c in self.backbone.channels)
-        self.stage_br = nn.ModuleList(BoundaryRefine(k) for _ in self.backbone.channels)
+        self.gcn = nn.ModuleList(GlobalConv(self.backbone.channels[i], k, kernel_size) for i in self.pyramid_levels)
+        self.stage_br = nn.ModuleList(BoundaryRefine(k) for _ in self.pyramid_levels)
         self.fuse_br = nn.ModuleList(BoundaryRefine(k) for _ in range(3))
         self.final_br = nn.ModuleList(BoundaryRefine(k) for _ in range(2))
         self.up = nn.ModuleList(bilinear_upsampler(k, 2) for _ in range(5))
 
     def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
-        scores = [br(gcn(f)) for f, gcn, br in zip(features, self.gcn, self.stage_br, strict=True)]
+        levels = [features[i] for i in self.pyramid_levels]
+        scores = [br(gcn(f)) for f, gcn, br in zip(levels, self.gcn, self.stage_br, strict=True)]
         out = scores[3]
         for i, skip in enumerate(reversed(scores[:3])):
             out = self.fuse_br[i](self.up[i](out) + skip)

@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segkit import SegkitError
-from segkit.models.backbones import RESNET_ARCHS, build_backbone
+from segkit.models.backbones import RESNET_ARCHS
 from segkit.models.base import SegmentationNet
 from segkit.models.blocks import ConvBN, ConvBNReLU, crop_to, pad_to_multiple, resize_to
 
@@ -71,6 +70,7 @@ class ICNet(SegmentationNet):
     """
 
     default_aux_weights = {"aux_sub4": 0.16, "aux_sub24": 0.4}
+    trunks = RESNET_ARCHS  # the cascade splits layer2
 
     def __init__(
         self,
@@ -84,9 +84,7 @@ class ICNet(SegmentationNet):
         fusion_channels: int = 128,
     ) -> None:
         super().__init__()
-        if backbone not in RESNET_ARCHS:
-            raise SegkitError(f"model.backbone={backbone!r}; ICNet's cascade splits a ResNet: one of {RESNET_ARCHS}")
-        self.backbone = build_backbone(backbone, in_channels, 8, pretrained, weights_path)
+        self.backbone = self.build_trunk(backbone, in_channels, 8, pretrained, weights_path)
         _, c2, _, c4 = self.backbone.channels
         self.sub1 = nn.Sequential(
             ConvBNReLU(in_channels, 32, stride=2), ConvBNReLU(32, 32, stride=2), ConvBNReLU(32, 64, stride=2)

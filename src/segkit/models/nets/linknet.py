@@ -2,6 +2,7 @@
 
 Adding (not concatenating) the encoder features keeps the decoder as narrow as the encoder, which is what makes
 LinkNet light (~11.5M parameters with ResNet-18) yet able to recover the spatial detail lost by downsampling.
+The decoder is sized by the encoder's maps at strides 4, 8, 16, 32 (``pyramid_indices``), so every trunk fits.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from segkit.models.backbones import build_backbone
+from segkit.models.backbones import TRUNKS, pyramid_indices
 from segkit.models.base import SegmentationNet
 from segkit.models.blocks import ConvBNReLU
 
@@ -37,15 +38,16 @@ class DecoderBlock(nn.Module):
 
 
 class LinkNet(SegmentationNet):
-    """ResNet-18/34 encoder (stride 32), four decoder blocks with additive links, and the paper's final block
-    (3x3 full conv x2, 3x3 conv, 2x2 full conv x2 to classes).
+    """ResNet-18/34 encoder (stride 32; any trunk's maps at strides 4..32), four decoder blocks with additive
+    links, and the paper's final block (3x3 full conv x2, 3x3 conv, 2x2 full conv x2 to classes).
 
-    torchvision's ``layer1`` does not downsample (the paper's encoder block 1 does), so decoder block 1 keeps
-    its resolution and the final block's two x2 steps restore the stem's stride 4. Inputs of any size are padded
-    to a multiple of 32 and the output cropped back.
+    torchvision's ``layer1`` (any trunk's stride-4 map) is not downsampled (the paper's encoder block 1 is), so
+    decoder block 1 keeps its resolution and the final block's two x2 steps restore the stem's stride 4. Inputs of
+    any size are padded to a multiple of 32 and the output cropped back.
     """
 
     input_multiple = 32
+    trunks = TRUNKS
 
     def __init__(
         self,
@@ -56,8 +58,9 @@ class LinkNet(SegmentationNet):
         weights_path: str | None = None,
     ) -> None:
         super().__init__()
-        self.backbone = build_backbone(backbone, in_channels, 32, pretrained, weights_path)
-        c1, c2, c3, c4 = self.backbone.channels
+        self.backbone = self.build_trunk(backbone, in_channels, 32, pretrained, weights_path)
+        self.pyramid_levels = pyramid_indices(self.backbone)
+        c1, c2, c3, c4 = (self.backbone.channels[i] for i in self.pyramid_levels)
         self.decoders = nn.ModuleList(
             [
                 DecoderBlock(c4, c3),
@@ -74,7 +77,7 @@ class LinkNet(SegmentationNet):
         )
 
     def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
-        *skips, y = features
+        *skips, y = (features[i] for i in self.pyramid_levels)
         for decoder in self.decoders:
             y = decoder(y)
             if skips:

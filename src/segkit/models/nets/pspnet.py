@@ -2,7 +2,8 @@
 
 Pooling the last features to 1x1, 2x2, 3x3 and 6x6 grids gives every pixel context at four scales
 (the whole image down to sub-regions) before the classifier. An auxiliary FCN head on layer3 adds
-deep supervision while training (its loss weight, 0.4 in the paper, sits in the model config).
+deep supervision while training (its loss weight, 0.4 in the paper, sits in the model config). The trunk is one
+that dilates: any ResNet, or MobileNetV3 at ``output_stride=16`` (its stride-8 map then feeds the auxiliary head).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from segkit.models.backbones import build_backbone
+from segkit.models.backbones import DILATABLE_TRUNKS
 from segkit.models.base import SegmentationNet
 from segkit.models.blocks import ConvBNReLU, FCNHead, resize_to
 
@@ -38,6 +39,7 @@ class PSPNet(SegmentationNet):
     """
 
     default_aux_weights = {"aux": 0.4}
+    trunks = DILATABLE_TRUNKS
 
     def __init__(
         self,
@@ -52,14 +54,14 @@ class PSPNet(SegmentationNet):
         weights_path: str | None = None,
     ) -> None:
         super().__init__()
-        self.backbone = build_backbone(backbone, in_channels, output_stride, pretrained, weights_path)
-        c3, c4 = self.backbone.channels[2:]
+        self.backbone = self.build_trunk(backbone, in_channels, output_stride, pretrained, weights_path)
+        c3, c4 = self.backbone.channels[-2:]
         self.ppm = PyramidPooling(c4, tuple(bins))
         self.head = FCNHead(self.ppm.out_channels, num_classes, dropout, inter_channels=512)
         self.aux_heads = nn.ModuleDict({"aux": FCNHead(c3, num_classes, dropout)} if aux else {})
 
     def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
-        return self.head(self.ppm(features[3]))
+        return self.head(self.ppm(features[-1]))
 
     def aux_logits(self, features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {name: head(features[2]) for name, head in self.aux_heads.items()}
+        return {name: head(features[-2]) for name, head in self.aux_heads.items()}

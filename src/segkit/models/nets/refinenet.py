@@ -1,4 +1,4 @@
-"""RefineNet, 4-cascade (Lin, Milan, Shen & Reid, CVPR 2017) on a torchvision ResNet.
+"""RefineNet, 4-cascade (Lin, Milan, Shen & Reid, CVPR 2017) on a torchvision ResNet (or any trunk).
 
 Each backbone stage (strides 4, 8, 16, 32) feeds one RefineNet block; the block at stride 32 refines the
 deepest features alone, and each lower block fuses its stage with the refined output of the block above.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from segkit.models.backbones import build_backbone
+from segkit.models.backbones import TRUNKS, pyramid_indices
 from segkit.models.base import SegmentationNet
 from segkit.models.blocks import resize_to
 
@@ -82,9 +82,11 @@ class RefineNetBlock(nn.Module):
 
 
 class RefineNet(SegmentationNet):
-    """4-cascade RefineNet; ``backbone`` is any torchvision ResNet (ResNet-101 in the paper)."""
+    """4-cascade RefineNet; ``backbone`` is any trunk (ResNet-101 in the paper): its maps at strides 4, 8, 16,
+    32 (``pyramid_indices``) feed the four blocks."""
 
     input_multiple = 32
+    trunks = TRUNKS
 
     def __init__(
         self,
@@ -99,8 +101,9 @@ class RefineNet(SegmentationNet):
         dropout: float = 0.5,
     ) -> None:
         super().__init__()
-        self.backbone = build_backbone(backbone, in_channels, 32, pretrained, weights_path)
-        c1, c2, c3, c4 = self.backbone.channels
+        self.backbone = self.build_trunk(backbone, in_channels, 32, pretrained, weights_path)
+        self.pyramid_levels = pyramid_indices(self.backbone)
+        c1, c2, c3, c4 = (self.backbone.channels[i] for i in self.pyramid_levels)
         self.dropout = nn.Dropout2d(dropout)
         # dimension adaptation from the backbone widths to the RefineNet widths
         self.adapt = nn.ModuleList(
@@ -120,6 +123,7 @@ class RefineNet(SegmentationNet):
         )
 
     def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
+        features = [features[i] for i in self.pyramid_levels]
         feats = features[:2] + [self.dropout(f) for f in features[2:]]
         f1, f2, f3, f4 = (adapt(f) for adapt, f in zip(self.adapt, feats))
         r = self.refine4(f4)

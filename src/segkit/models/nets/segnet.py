@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segkit import SegkitError
-from segkit.models.backbones import build_backbone, vgg_conv_stages
+from segkit.models.backbones import vgg_conv_stages
 from segkit.models.base import SegmentationNet
 from segkit.models.blocks import ConvBNReLU, crop_to, pad_to_multiple
 
@@ -24,6 +23,8 @@ class SegNet(SegmentationNet):
     """SegNet; ``backbone`` names the torchvision VGG-BN encoder (``pretrained``/``weights_path`` for it), kept as
     the net's ``backbone``: its five conv stages, which the forward pass pools itself to keep the indices."""
 
+    trunks = SEGNET_ENCODERS
+
     def __init__(
         self,
         num_classes: int,
@@ -33,9 +34,7 @@ class SegNet(SegmentationNet):
         weights_path: str | None = None,
     ) -> None:
         super().__init__()
-        if backbone not in SEGNET_ENCODERS:
-            raise SegkitError(f"model.backbone={backbone!r}; SegNet takes one of {SEGNET_ENCODERS}")
-        self.backbone = vgg_conv_stages(build_backbone(backbone, in_channels, 32, pretrained, weights_path))
+        self.backbone = vgg_conv_stages(self.build_trunk(backbone, in_channels, 32, pretrained, weights_path))
         self.decoder = nn.ModuleList(_mirror(stage) for stage in reversed(self.backbone))
         last = self.decoder[-1]
         last[-1] = nn.Conv2d(last[-1][0].in_channels, num_classes, 3, padding=1)
