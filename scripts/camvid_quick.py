@@ -9,8 +9,9 @@ threads and >= 0.45 on one (a proxy for a slower machine: the schedule follows t
 annealed there too), with no class below 0.10 IoU. Machines of the same kind differ: one 2.4x slower than the one
 the recipe was tuned on needs trainer.max_time=00:00:30:00 for 0.50 on two threads (README). Prints per epoch
 the elapsed minutes, losses, val mIoU and pixAcc, then the per-class IoU of the best epoch, and says whether the
-target was met (camvid_quick only: other recipes, such as SegFormer-B0's, have none), then the updates made and the precision used (``--precision``, default the recipe's ``auto``: bf16 on
-a CPU with AMX-BF16 / AVX512-BF16 units, else fp32). ``--profile`` adds Lightning's SimpleProfiler and prints where the
+target was met (camvid_quick only: other recipes, such as SegFormer-B0's, have none), then the updates made and the
+precision used (``--precision``, default the recipe's ``auto``: bf16 on a CPU with AMX-BF16 / AVX512-BF16 units,
+else fp32). ``--profile`` adds Lightning's SimpleProfiler and prints where the
 time went (training steps, validation, data loading, EMA), grouped, and its biggest rows; the whole table is the run's
 fit-profile.txt. The run directory also holds curves.png and the best checkpoint.
 

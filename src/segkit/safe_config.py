@@ -66,17 +66,18 @@ def import_user_modules(names: Any) -> None:
 
 @functools.lru_cache(maxsize=1)
 def _builtin_nets() -> dict[str, Callable[..., Any]]:
-    """segkit's nets (``nn.Module`` classes defined in ``segkit.models.nets.*``) and torchvision's registered
-    segmentation builders, by the ``_target_`` a config names them with."""
+    """segkit's nets (the ``SegmentationNet`` classes defined in ``segkit.models.nets.*``, not their parts) and
+    torchvision's registered segmentation builders, by the ``_target_`` a config names them with."""
     import torchvision.models
-    from torch import nn
+
+    from segkit.models.base import SegmentationNet
 
     nets: dict[str, Callable[..., Any]] = {}
     package = importlib.import_module(NETS_PACKAGE)
     for info in pkgutil.iter_modules(package.__path__):
         module = importlib.import_module(f"{NETS_PACKAGE}.{info.name}")
         for attr, obj in vars(module).items():
-            if isinstance(obj, type) and issubclass(obj, nn.Module) and obj.__module__ == module.__name__:
+            if isinstance(obj, type) and issubclass(obj, SegmentationNet) and obj.__module__ == module.__name__:
                 nets[f"{module.__name__}.{attr}"] = obj
     for name in torchvision.models.list_models(module=torchvision.models.segmentation):
         nets[f"{TORCHVISION_SEGMENTATION}.{name}"] = torchvision.models.get_model_builder(name)

@@ -23,7 +23,9 @@ from segkit.precision import bf16_units
 from tests.models.net_checks import QUICK_LEARNING, check_learns, config_maker, count_params, on_meta
 
 # Every key and shape of the authors' ImageNet release (NVlabs/SegFormer mit_b*.pth), ``head.*`` (their 1000-class
-# classifier) included.
+# classifier) included. Written from the authors' own classes (mmseg/models/backbones/mix_transformer.py of
+# NVlabs/SegFormer at 65fa8cfa9b52, mit_b0..mit_b5 instantiated with their mmcv/mmseg imports stubbed, plus the
+# nn.Linear(embed_dims[3], 1000) head the release carries), as {variant: {key: shape}}.
 NVLABS_KEYS = json.loads((Path(__file__).parents[1] / "fixtures" / "nvlabs_mit_keys.json").read_text())
 
 # Parameters at 150 classes (ADE20K), measured; the paper's Table 1 rounds them to 3.8, 13.7, 27.5, 47.3, 64.1 and

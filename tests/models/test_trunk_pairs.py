@@ -146,3 +146,4 @@ def test_fpn_on_each_trunk_family_trains_and_exports_to_onnx(trunk, tmp_path):
     assert all(torch.isfinite(p).all() for p in net.parameters())
     result = export_onnx(net.eval(), tmp_path / f"fpn_{trunk}.onnx", (1, 3, 64, 64), dynamic="batch+spatial")
     assert result.max_abs_diff and max(result.max_abs_diff.values()) < 1e-3, result.summary()
+    assert result.dynamic == "batch+spatial", result.summary()  # any batch and image size, checked at a second one

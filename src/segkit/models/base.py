@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from segkit import SegkitError
-from segkit.models.backbones import Backbone, build_backbone
+from segkit.models.backbones import build_backbone
 from segkit.models.blocks import crop_to, main_logits, pad_to_multiple, resize_to
 
 
@@ -64,8 +64,10 @@ class SegmentationNet(nn.Module):
 
     def build_trunk(
         self, name: str, in_channels: int, output_stride: int, pretrained: bool, weights_path: str | None
-    ) -> Backbone:
-        """``build_backbone`` for a trunk this net declares in ``trunks``; any other name is a one-line error."""
+    ) -> nn.Module:
+        """``build_backbone`` for a trunk this net declares in ``trunks``; any other name is a one-line error. The
+        trunk has ``channels`` and ``strides`` and returns one NCHW map per stage (a ``Backbone``, or MiT's own
+        ``MixTransformer`` with the same attributes)."""
         if name not in type(self).trunks:
             raise SegkitError(f"model.backbone={name!r}: {type(self).__name__} takes one of {type(self).trunks}")
         return build_backbone(name, in_channels, output_stride, pretrained, weights_path)

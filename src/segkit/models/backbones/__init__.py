@@ -1,9 +1,9 @@
-"""One backbone contract: ``build_backbone`` cuts a torchvision classifier into stages for any net.
+"""One backbone contract: ``build_backbone`` cuts a classifier into stages for any net.
 
 ``stages`` holds what every family returns (``Backbone``: named stages with their channels and strides); one module
 per family builds it (``resnet``, ``densenet``, ``vgg`` with FCN's fc layers, ``mobilenet``, ``efficientnet``,
-``regnet``, ``convnext``, ``swin``, and SegFormer's ``mit``, the one family not from torchvision); ``weights`` downloads or reads the classifier's weights and loads them;
-``surgery`` adapts the first convolution to ``in_channels``. ``TRUNKS`` names every trunk ``build_backbone`` takes;
+``regnet``, ``convnext``, ``swin``, and SegFormer's ``mit``, the one family not from torchvision, which keeps the
+same attributes); ``weights`` downloads or reads the classifier's weights and loads them; ``surgery`` adapts the first convolution to ``in_channels``. ``TRUNKS`` names every trunk ``build_backbone`` takes;
 a net declares the ones it works with (``SegmentationNet.trunks``) and picks its stages by stride with
 ``pyramid_indices``.
 """
@@ -50,10 +50,12 @@ def build_backbone(
     pretrained: bool = False,
     weights_path: str | None = None,
 ) -> Backbone:
-    """The stages of ``torchvision.models.<name>`` as a ``Backbone``: the one way nets get a pretrained trunk.
+    """The stages of ``torchvision.models.<name>`` (or of SegFormer's ``mit_b*``) as a ``Backbone``: the one way
+    nets get a pretrained trunk.
 
-    ``pretrained`` loads torchvision's DEFAULT ImageNet weights (cached under ``$TORCH_HOME/hub/checkpoints``),
-    ``weights_path`` a local state dict of the same torchvision model; ``in_channels != 3`` keeps the RGB filters
+    ``pretrained`` loads torchvision's DEFAULT ImageNet weights (cached under ``$TORCH_HOME/hub/checkpoints``;
+    MiT has none there and says where the authors' file is), ``weights_path`` a local state dict of the same
+    torchvision model (for MiT: the authors' ``mit_b*.pth``, keys mapped); ``in_channels != 3`` keeps the RGB filters
     of the first convolution (``adapt_first_conv``). ``output_stride`` below 32 trades strides for dilation where
     the family allows it. A new family is one builder in ``FAMILIES``.
     """

@@ -82,8 +82,8 @@ class EfficientSelfAttention(nn.Module):
     ``scaled_dot_product_attention`` (a fused kernel: the N x M weights are never stored for backward).
 
     A map smaller than ``reduction`` (from an input under 29 pixels a side) is padded up to it before the
-    reduction, where the authors' code would give an empty key set; every other size is reduced as theirs is
-    (the remainder rows and columns dropped)."""
+    reduction, where the authors' code fails (its reduction conv gets a map smaller than its kernel); every other
+    size is reduced as theirs is (the remainder rows and columns dropped)."""
 
     def __init__(self, channels: int, heads: int, reduction: int) -> None:
         super().__init__()
