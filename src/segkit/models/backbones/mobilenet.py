@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
-from torch import nn
-
-from segkit.models.backbones.stages import Backbone, check_stride
+from segkit.models.backbones.stages import Backbone, check_stride, last_block_per_stride
 from segkit.models.backbones.surgery import adapt_first_conv
 from segkit.models.backbones.weights import torchvision_model
 
@@ -24,11 +20,4 @@ def build_mobilenet(
     kwargs = {"dilated": True} if output_stride == 16 else {}
     features = torchvision_model(name, pretrained=pretrained, weights_path=weights_path, **kwargs).features
     features[0][0] = adapt_first_conv(features[0][0], in_channels)
-    stride, ends, channels, strides = 1, {}, {}, {}
-    for i, block in enumerate(features):
-        convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
-        stride *= max(c.stride[0] for c in convs)
-        ends[stride], channels[stride] = str(i), convs[-1].out_channels
-    strides = sorted(ends)
-    stages = OrderedDict((str(i), block) for i, block in enumerate(features))
-    return Backbone(stages, [ends[s] for s in strides], [channels[s] for s in strides], strides)
+    return last_block_per_stride(features)

@@ -34,3 +34,16 @@ class Backbone(IntermediateLayerGetter):
 def check_stride(name: str, output_stride: int, allowed: tuple[int, ...]) -> None:
     if output_stride not in allowed:
         raise SegkitError(f"model.output_stride={output_stride}: the {name} backbone supports {allowed}")
+
+
+def last_block_per_stride(features: nn.Sequential) -> Backbone:
+    """A ``features`` sequence of blocks (MobileNet, EfficientNet) under its own indices, returning the last block
+    at each stride it reaches: the stride of a block is the product of its convolutions' largest strides."""
+    stride, ends, channels = 1, {}, {}
+    for i, block in enumerate(features):
+        convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
+        stride *= max(c.stride[0] for c in convs)
+        ends[stride], channels[stride] = str(i), convs[-1].out_channels
+    strides = sorted(ends)
+    stages = OrderedDict((str(i), block) for i, block in enumerate(features))
+    return Backbone(stages, [ends[s] for s in strides], [channels[s] for s in strides], strides)
