@@ -1,19 +1,20 @@
 """The 20-minute CamVid recipe (conf/experiment/camvid_quick.yaml) on this machine's CPU: train, then print the curve.
 
     python scripts/camvid_quick.py [--root ../shared/data/camvid] [--threads 2] [--precision auto|32-true|bf16-mixed]
-                                   [--experiment camvid_quick|camvid_segformer_b0] [--profile]
+                                   [--experiment camvid_quick|camvid_unet_small] [--profile]
                                    [extra Hydra overrides...]
 
-Target, from random init in 20 minutes, scored at the labels' full 360x480 resolution: val mIoU >= 0.50 on 2 CPU
-threads and >= 0.45 on one (a proxy for a slower machine: the schedule follows the time budget, so it ends
-annealed there too), with no class below 0.10 IoU. Machines of the same kind differ: one 2.4x slower than the one
-the recipe was tuned on needs trainer.max_time=00:00:30:00 for 0.50 on two threads (README). Prints per epoch
-the elapsed minutes, losses, val mIoU and pixAcc, then the per-class IoU of the best epoch, and says whether the
-target was met (camvid_quick only: other recipes, such as SegFormer-B0's, have none), then the updates made and the
-precision used (``--precision``, default the recipe's ``auto``: bf16 on a CPU with AMX-BF16 / AVX512-BF16 units,
-else fp32). ``--profile`` adds Lightning's SimpleProfiler and prints where the
-time went (training steps, validation, data loading, EMA), grouped, and its biggest rows; the whole table is the run's
-fit-profile.txt. The run directory also holds curves.png and the best checkpoint.
+Targets, from random init in 20 minutes, scored at the labels' full 360x480 resolution: val mIoU >= 0.58 where the
+run trained in bf16 on 2 threads (a CPU with AMX / AVX512-BF16 units, which precision auto picks), else >= 0.50 on
+2 CPU threads and >= 0.45 on one (a proxy for a slower machine: the schedule follows the time budget, so it ends annealed there
+too); no class below 0.10 IoU is the last target, which no recipe has met (pole stays under 0.10). They are checked
+for camvid_quick and its U-Net predecessor camvid_unet_small; other recipes have none. Machines of the same kind
+differ: one 2.4x slower than the one the U-Net was tuned on needed trainer.max_time=00:00:30:00 for 0.50
+(docs/measurements.md). Prints per epoch the losses, val mIoU and pixAcc, then the per-class IoU of the best
+epoch and the verdict, then the updates made and the precision used (``--precision``, default the recipe's
+``auto``). ``--profile`` adds Lightning's SimpleProfiler and prints where the time went (training steps,
+validation, data loading, EMA), grouped, and its biggest rows; the whole table is the run's fit-profile.txt. The
+run directory also holds curves.png and the best checkpoint.
 
 Comparing precisions on one machine, one after the other (nothing else running on the CPU):
     python scripts/camvid_quick.py --precision 32-true
@@ -34,8 +35,10 @@ from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGET_MIOU = {1: 0.45, 2: 0.50}  # by --threads; more threads keep the 2-thread target
+TARGET_MIOU = {1: 0.45, 2: 0.50}  # by --threads in fp32; more threads keep the 2-thread target
+TARGET_MIOU_BF16 = 0.58  # a 2-thread run that trained in bf16 (a CPU with bf16 units)
 TARGET_CLASS_IOU = 0.10
+TARGETED = ("camvid_quick", "camvid_unet_small")
 
 
 def main() -> int:
@@ -86,14 +89,32 @@ def main() -> int:
     ious = {k.split("/")[-1]: float(v) for k, v in best.items() if k.startswith("val/IoU/") and v}
     print(f"best val mIoU {float(best['val/mIoU']):.3f} at epoch {best['epoch']}")
     print("per-class IoU: " + ", ".join(f"{k}={v:.2f}" for k, v in ious.items()))
-    if args.experiment == "camvid_quick":
-        target = TARGET_MIOU.get(args.threads, TARGET_MIOU[2])
-        met = float(best["val/mIoU"]) >= target and min(ious.values(), default=0.0) >= TARGET_CLASS_IOU
-        print(f"target (mIoU >= {target}, no class below {TARGET_CLASS_IOU}): {'met' if met else 'NOT met'}")
+    precision = _read_result(run_dir).get("precision", "")
+    if args.experiment in TARGETED:
+        print(verdict(float(best["val/mIoU"]), ious, args.threads, precision))
     print(run_summary(run_dir, float(best["val/mIoU"]), len(val)))
     if args.profile:
         print(profile_summary(run_dir / "fit-profile.txt"))
     return proc.returncode
+
+
+def verdict(best_miou: float, ious: dict[str, float], threads: int, precision: str) -> str:
+    """The target line: mIoU >= 0.58 for a run that trained in bf16 on 2 threads or more, else 0.50 / 0.45 by
+    threads; and no class below 0.10 IoU."""
+    bf16 = precision.startswith("bf16") and threads >= 2
+    target = TARGET_MIOU_BF16 if bf16 else TARGET_MIOU.get(threads, TARGET_MIOU[2])
+    miou_met = best_miou >= target
+    low = sorted(name for name, iou in ious.items() if iou < TARGET_CLASS_IOU)
+    why = f"precision {precision or '?'}, {threads} thread{'s' if threads != 1 else ''}"
+    return (
+        f"target val mIoU >= {target} ({why}): {'met' if miou_met else 'NOT met'} ({best_miou:.3f}); "
+        f"no class below {TARGET_CLASS_IOU}: {'met' if not low else 'NOT met (' + ', '.join(low) + ')'}"
+    )
+
+
+def _read_result(run_dir: Path) -> dict:
+    result_file = run_dir / "result.json"
+    return json.loads(result_file.read_text()) if result_file.is_file() else {}
 
 
 def run_summary(run_dir: Path, best_miou: float, validations: int) -> str:
@@ -102,8 +123,7 @@ def run_summary(run_dir: Path, best_miou: float, validations: int) -> str:
 
     last = run_dir / "checkpoints" / "last.ckpt"
     updates = torch.load(last, map_location="cpu", weights_only=True).get("global_step") if last.is_file() else None
-    result_file = run_dir / "result.json"
-    result = json.loads(result_file.read_text()) if result_file.is_file() else {}
+    result = _read_result(run_dir)
     precision = result.get("precision", "?")
     return (
         f"updates {updates}, validations {validations}, best val mIoU {best_miou:.3f}, precision {precision} "

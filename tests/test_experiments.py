@@ -26,7 +26,7 @@ EXPERIMENTS = [
     "camvid_segnet",
     "camvid_enet",
     "camvid_quick",
-    "camvid_segformer_b0",
+    "camvid_unet_small",
     "synthetic_long",
 ]
 SYNTHETIC = [
@@ -113,3 +113,11 @@ def test_recipes_hold_their_published_settings(tmp_path):
     for name in ("ade20k_pspnet_resnet50", "ade20k_encnet_resnet50"):
         cfg = compose_experiment(name, tmp_path)
         assert cfg.data.labels.name == "ade20k" and 384 <= cfg.data.input.crop_size[0] <= 480
+    assert sorted(EXPERIMENTS) == sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+    quick, unet = compose_experiment("camvid_quick", tmp_path), compose_experiment("camvid_unet_small", tmp_path)
+    assert quick.model.backbone == "mit_b0" and quick.data.batch_size == 4 and quick.optimizer.lr == 3e-3
+    assert unet.model._target_.endswith("UNet") and unet.data.batch_size == 2 and unet.channels_last
+    for recipe in (quick, unet):  # time-budgeted, annealed at the limit, precision chosen for the processor
+        assert recipe.scheduler.budget == "time" and recipe.trainer.max_time == "00:00:20:00"
+        assert recipe.trainer.precision == "auto" and recipe.trainer.max_epochs % 3 == 0
+        assert list(recipe.data.input.eval_size) == [180, 240]

@@ -329,3 +329,63 @@ def test_sync_batchnorm_switch(monkeypatch):
     sim = compose_config("train", ["trainer=ddp_sim"], output_dir=None).trainer
     assert resolve_sync_batchnorm(sim) == "cpu"
     assert resolve_sync_batchnorm(compose_config("train", [], output_dir=None).trainer) is None
+
+
+def test_convolutions_onednn_gets_wrong_in_bf16_stay_fp32_under_cpu_autocast():
+    """More than 2048 channels in and fewer than 16 out (FCN-VGG's score_fr at CamVid's 11 classes): fp32 under
+    CPU autocast, bf16 elsewhere; nothing changes outside autocast, in the state dict or for other layers."""
+    from functools import partial
+
+    from torch import nn
+
+    from segkit.models.module import SegmentationModule
+    from segkit.models.nets.fcn import FCN
+    from tests.helpers import spec_of
+
+    net = nn.Sequential(nn.Conv2d(4096, 8, 1), nn.Conv2d(2048, 8, 1), nn.Conv2d(4096, 16, 1), nn.Conv2d(2304, 15, 3))
+    keys = list(net.state_dict())
+    assert precision.keep_fp32_where_cpu_bf16_fails(net) == ["0", "3"] and list(net.state_dict()) == keys
+    x4096, x2048 = torch.randn(1, 4096, 3, 3), torch.randn(1, 2048, 3, 3)
+    plain = nn.Conv2d(4096, 8, 1)
+    plain.load_state_dict(net[0].state_dict())
+    assert torch.equal(net[0](x4096), plain(x4096))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        dtypes = [
+            net[0](x4096).dtype,
+            net[1](x2048).dtype,
+            net[2](x4096).dtype,
+            net[3](torch.randn(1, 2304, 3, 3)).dtype,
+        ]
+    assert dtypes == [torch.float32, torch.bfloat16, torch.bfloat16, torch.float32]
+    with torch.device("meta"):
+        fcn = FCN(num_classes=11, backbone="vgg11")
+    module = SegmentationModule(fcn, nn.CrossEntropyLoss(), partial(torch.optim.SGD, lr=0.1), spec=spec_of(11))
+    assert module.fp32_convs == ["score_fr"]
+
+
+STEPS_OVER_4096_TO_8 = """
+import torch
+from functools import partial
+from torch import nn
+from segkit.models.module import SegmentationModule
+from tests.helpers import spec_of
+net = nn.Sequential(nn.Conv2d(3, 4096, 1), nn.Conv2d(4096, 8, 1))
+SegmentationModule(net, nn.CrossEntropyLoss(), partial(torch.optim.SGD, lr=0.1), spec=spec_of(8))
+for _ in range(5):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(torch.randn(2, 3, 4, 4))
+    out.float().sum().backward()
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not bf16_units(), reason="needs a CPU with bf16 units (elsewhere bf16 is emulated, ~50x slower)")
+def test_bf16_steps_over_a_4096_to_8_convolution_finish_in_a_module():
+    """Without the fp32 switch this process aborts in backward ("free(): invalid next size") on machine C."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.run([sys.executable, "-c", STEPS_OVER_4096_TO_8], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

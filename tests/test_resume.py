@@ -122,3 +122,22 @@ def test_missing_checkpoint_is_a_clear_error(tiny_cfg):
 
     with pytest.raises(SegkitError, match="ckpt_path='nope.ckpt' does not exist"):
         train(tiny_cfg("debug=fdr", "ckpt_path=nope.ckpt"))
+
+
+def test_last_checkpoint_is_the_latest_state_when_the_score_stops_improving(tiny_cfg, tmp_path):
+    """lr 0 keeps val mIoU flat, so only epoch 0 is a best checkpoint; last.ckpt still holds the final step (Lightning
+    2.6's own ModelCheckpoint leaves it at the best epoch's step, and resuming from it would go back in time)."""
+    train(
+        tiny_cfg(
+            "trainer.max_epochs=3",
+            "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=1",
+            "optimizer.lr=0.0",
+            "test=false",
+            "callbacks.early_stopping=null",
+        )
+    )
+    folder = tmp_path / "checkpoints"
+    assert [p.name for p in folder.glob("epoch_*.ckpt")] == [next(folder.glob("epoch_000-*.ckpt")).name]
+    last = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (2, 6)

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from omegaconf import open_dict
+from torch import nn
 
 from segkit import SegkitError
 
@@ -222,3 +223,37 @@ def settle_inference_precision(requested: Any, device: str | torch.device, model
     precision, reason = resolve_inference_precision(requested, device, model_precision(model))
     log.info(f"precision: {precision} ({reason})")
     return precision
+
+
+# oneDNN's bf16 weight gradient of a convolution from more than 2048 channels to fewer than 16 writes past its
+# buffer: with torch 2.15 on machine C (an Emerald Rapids Xeon with AMX-BF16), Conv2d(4096, 8, 1) under CPU bf16
+# autocast aborted in backward with "free(): invalid next size" or corrupted the heap silently, at any map size and
+# for 1x1, 3x3 and 7x1 kernels alike; 2048 input channels, or 16 outputs and more, were fine. FCN-VGG's score_fr
+# (fc7's 4096 channels to the classes) is such a layer for every label table of fewer than 16 classes.
+ONEDNN_BF16_WGRAD_LIMITS = {"in_channels_above": 2048, "out_channels_below": 16}
+
+
+class CpuAutocastFp32Conv2d(nn.Conv2d):
+    """A ``Conv2d`` that computes in fp32 under CPU autocast (same parameters, same state dict keys)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(x.to(self.weight.dtype))
+        return super().forward(x)
+
+
+def keep_fp32_where_cpu_bf16_fails(net: nn.Module) -> list[str]:
+    """Turn every plain ``nn.Conv2d`` of ``net`` in the range of ``ONEDNN_BF16_WGRAD_LIMITS`` into a
+    ``CpuAutocastFp32Conv2d`` in place (nothing changes outside CPU autocast); returns their names."""
+    limits = ONEDNN_BF16_WGRAD_LIMITS
+    names = []
+    for name, module in net.named_modules():
+        if (
+            type(module) is nn.Conv2d
+            and module.in_channels > limits["in_channels_above"]
+            and module.out_channels < limits["out_channels_below"]
+        ):
+            module.__class__ = CpuAutocastFp32Conv2d
+            names.append(name)
+    return names

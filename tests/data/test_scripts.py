@@ -73,3 +73,17 @@ def test_compare_twins_names_an_unknown_pair(capsys):
     with pytest.raises(SystemExit):
         twins_main(["--pairs", "unet"])
     assert "unknown pair(s) unet; choose from deeplabv3_resnet50" in capsys.readouterr().err
+
+
+def test_camvid_quick_verdict_follows_precision_and_threads():
+    """0.58 for a bf16 run on 2 threads, else 0.50 on 2 threads and 0.45 on one; thin classes named."""
+    from scripts.camvid_quick import verdict
+
+    ious = {"road": 0.9, "pole": 0.04, "sign_symbol": 0.2}
+    assert "mIoU >= 0.58 (precision bf16-mixed, 2 threads): NOT met (0.574)" in verdict(0.574, ious, 2, "bf16-mixed")
+    assert "mIoU >= 0.58 (precision bf16-mixed, 2 threads): met (0.590)" in verdict(0.590, ious, 2, "bf16-mixed")
+    assert "mIoU >= 0.5 (precision 32-true, 2 threads): met" in verdict(0.574, ious, 2, "32-true")
+    assert "mIoU >= 0.45 (precision bf16-mixed, 1 thread): met" in verdict(0.46, ious, 1, "bf16-mixed")
+    assert "mIoU >= 0.5 (precision 32-true, 2 threads): NOT met (0.460)" in verdict(0.46, ious, 2, "32-true")
+    assert verdict(0.6, ious, 2, "bf16-mixed").endswith("no class below 0.1: NOT met (pole)")
+    assert verdict(0.6, {"road": 0.9}, 2, "bf16-mixed").endswith("no class below 0.1: met")

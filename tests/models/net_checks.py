@@ -91,14 +91,16 @@ def check_learns(
     size: int = 64,
     aux_weights: Mapping[str, float] | None = None,
     factor: float = 0.5,
+    batch: int = 2,
 ) -> tuple[float, float]:
     """``steps`` Adam steps on one fixed batch cut the main loss to at most ``factor`` of its start. Auxiliary
-    outputs are trained with ``aux_weights``, by default the net's published ``default_aux_weights``."""
+    outputs are trained with ``aux_weights``, by default the net's published ``default_aux_weights``. Adam is the
+    fused form: on a CPU it steps 130M parameters (FCN-VGG's fc6/fc7) in a fifth of the time of the default."""
     if aux_weights is None:
         aux_weights = getattr(net, "default_aux_weights", None)
     torch.manual_seed(0)
-    image, mask = fixed_batch(num_classes, size)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    image, mask = fixed_batch(num_classes, size, batch)
+    opt = torch.optim.Adam(net.parameters(), lr=lr, fused=True)
     net.train()
     losses = []
     for _ in range(steps):

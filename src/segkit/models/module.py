@@ -17,6 +17,7 @@ from segkit.inference import at_label_size
 from segkit.metrics import SegmentationMetrics
 from segkit.models.blocks import main_logits, resize_to
 from segkit.models.targets import class_presence, masks_at_size
+from segkit.precision import keep_fp32_where_cpu_bf16_fails
 from segkit.rng import restore_rng_states, rng_states
 
 
@@ -75,6 +76,8 @@ class SegmentationModule(LightningModule):
         self.num_classes, self.ignore_index, self.class_names = spec.num_classes, spec.ignore_index, spec.class_names
         self.aux_weights = merge_aux_weights(net, aux_weights)
         self.channels_last = channels_last
+        # convolutions whose bf16 weight gradient oneDNN gets wrong on a CPU stay fp32 under autocast
+        self.fp32_convs = keep_fp32_where_cpu_bf16_fails(self.net)
         num_classes, ignore_index = self.num_classes, self.ignore_index
         if channels_last:  # NHWC: faster convolutions on tensor cores and with bf16/fp16 autocast
             self.net = self.net.to(memory_format=torch.channels_last)

@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig
 
 from segkit import SegkitError
-from segkit.build import build_datamodule, build_module, build_trainer, train_batches_per_epoch
+from segkit.build import build_datamodule, build_module, build_trainer, on_gpu, train_batches_per_epoch
 from segkit.callbacks.wandb_dashboard import check_logger_logins, finish_wandb_run
 from segkit.checkpoint_io import check_resume_state
 from segkit.cli import is_rank_zero
@@ -61,6 +61,11 @@ def _fit_and_test(cfg: DictConfig) -> dict[str, float]:
     check_logger_logins(cfg.get("logger"))  # and a W&B login, before minutes of downloads and building
     module = build_module(cfg, datamodule)
     module.precision_reason = precision[1]
+    if module.fp32_convs and precision[0] == "bf16-mixed" and not on_gpu(cfg.trainer):
+        log.info(
+            f"precision: {', '.join(module.fp32_convs[:4])} stay fp32 under bf16 autocast "
+            "(oneDNN's bf16 weight gradient from over 2048 channels to under 16 corrupts memory)"
+        )
     if resumed is not None:  # one line, not Lightning's wall of keys, when the file is for another net
         state = resumed.get("state_dict")
         if not isinstance(state, dict):
