@@ -104,7 +104,7 @@ def verdict(best_miou: float, ious: dict[str, float], threads: int, precision: s
     bf16 = precision.startswith("bf16") and threads >= 2
     target = TARGET_MIOU_BF16 if bf16 else TARGET_MIOU.get(threads, TARGET_MIOU[2])
     miou_met = best_miou >= target
-    low = sorted(name for name, iou in ious.items() if iou < TARGET_CLASS_IOU)
+    low = sorted(name for name, iou in ious.items() if iou < TARGET_CLASS_IOU) or ([] if ious else ["no per-class IoU"])
     why = f"precision {precision or '?'}, {threads} thread{'s' if threads != 1 else ''}"
     return (
         f"target val mIoU >= {target} ({why}): {'met' if miou_met else 'NOT met'} ({best_miou:.3f}); "

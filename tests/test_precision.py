@@ -357,6 +357,11 @@ def test_convolutions_onednn_gets_wrong_in_bf16_stay_fp32_under_cpu_autocast():
             net[3](torch.randn(1, 2304, 3, 3)).dtype,
         ]
     assert dtypes == [torch.float32, torch.bfloat16, torch.bfloat16, torch.float32]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        net[0](x4096).sum().backward()
+    plain(x4096).sum().backward()
+    assert torch.equal(net[0].weight.grad, plain.weight.grad)  # the fp32 weight gradient, not oneDNN's bf16 one
+    assert precision.keep_fp32_where_cpu_bf16_fails(net) == ["0", "3"]  # a second call names them again
     with torch.device("meta"):
         fcn = FCN(num_classes=11, backbone="vgg11")
     module = SegmentationModule(fcn, nn.CrossEntropyLoss(), partial(torch.optim.SGD, lr=0.1), spec=spec_of(11))
@@ -389,3 +394,10 @@ def test_bf16_steps_over_a_4096_to_8_convolution_finish_in_a_module():
 
     proc = subprocess.run([sys.executable, "-c", STEPS_OVER_4096_TO_8], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_bf16_true_on_a_cpu_is_refused_for_a_net_with_such_a_convolution(tiny_cfg):
+    """bf16 weights leave no fp32 path for FCN-VGG's score_fr: one line before any step, pointing at bf16-mixed."""
+    overrides = ("model=fcn32_vgg", "model.backbone=vgg11", "model.pretrained=false", "trainer.precision=bf16-true")
+    with pytest.raises(SegkitError, match="bf16-true on a CPU: oneDNN's bf16 weight gradient of score_fr .*bf16-mixed"):
+        train(tiny_cfg(*overrides, "debug=fdr"))

@@ -124,20 +124,30 @@ def test_missing_checkpoint_is_a_clear_error(tiny_cfg):
         train(tiny_cfg("debug=fdr", "ckpt_path=nope.ckpt"))
 
 
-def test_last_checkpoint_is_the_latest_state_when_the_score_stops_improving(tiny_cfg, tmp_path):
-    """lr 0 keeps val mIoU flat, so only epoch 0 is a best checkpoint; last.ckpt still holds the final step (Lightning
-    2.6's own ModelCheckpoint leaves it at the best epoch's step, and resuming from it would go back in time)."""
+@pytest.mark.parametrize("every, epochs, best, last", [(1, 3, 0, 2), (2, 4, 1, 3)])
+def test_last_checkpoint_is_the_latest_state_when_the_best_is_older(tiny_cfg, tmp_path, every, epochs, best, last):
+    """The best checkpoint by a score that only worsens (the epoch, mode min) stays the first validated one;
+    last.ckpt holds the final step all the same, whether the checkpoint saves at the train epoch's end (validation
+    every epoch) or at validation's end (every second epoch, as the CamVid recipes' every third). Lightning 2.6's
+    own ModelCheckpoint leaves it at the best epoch's step, and resuming from it would go back in time."""
     train(
         tiny_cfg(
-            "trainer.max_epochs=3",
+            f"trainer.max_epochs={epochs}",
+            f"trainer.check_val_every_n_epoch={every}",
             "trainer.limit_train_batches=2",
             "trainer.limit_val_batches=1",
-            "optimizer.lr=0.0",
+            "callbacks.model_checkpoint.monitor=epoch",
+            "callbacks.model_checkpoint.mode=min",
             "test=false",
             "callbacks.early_stopping=null",
         )
     )
     folder = tmp_path / "checkpoints"
-    assert [p.name for p in folder.glob("epoch_*.ckpt")] == [next(folder.glob("epoch_000-*.ckpt")).name]
-    last = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)
-    assert (last["epoch"], last["global_step"]) == (2, 6)
+    assert [p.name for p in folder.glob("epoch_*.ckpt")] == [next(folder.glob(f"epoch_{best:03d}-*.ckpt")).name]
+    state = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)
+    assert (state["epoch"], state["global_step"]) == (last, 2 * epochs)
+
+
+def test_a_linked_last_checkpoint_is_refused_in_one_line(tiny_cfg):
+    with pytest.raises(SegkitError, match="save_last=link links last.ckpt to the best checkpoint.*use save_last=true"):
+        train(tiny_cfg("callbacks.model_checkpoint.save_last=link"))

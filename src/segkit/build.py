@@ -98,7 +98,7 @@ def instantiate_group(cfg: DictConfig | None, group: str) -> list[Any]:
             continue
         if not isinstance(item, DictConfig) or "_target_" not in item:
             raise SegkitError(f"{group}.{name} must be a config with a _target_; got {item!r}")
-        objects.append(hydra.utils.instantiate(item))
+        objects.append(instantiate_user_config(item))
     return objects
 
 

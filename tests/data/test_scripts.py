@@ -87,3 +87,4 @@ def test_camvid_quick_verdict_follows_precision_and_threads():
     assert "mIoU >= 0.5 (precision 32-true, 2 threads): NOT met (0.460)" in verdict(0.46, ious, 2, "32-true")
     assert verdict(0.6, ious, 2, "bf16-mixed").endswith("no class below 0.1: NOT met (pole)")
     assert verdict(0.6, {"road": 0.9}, 2, "bf16-mixed").endswith("no class below 0.1: met")
+    assert verdict(0.6, {}, 2, "bf16-mixed").endswith("no class below 0.1: NOT met (no per-class IoU)")

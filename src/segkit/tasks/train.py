@@ -61,6 +61,11 @@ def _fit_and_test(cfg: DictConfig) -> dict[str, float]:
     check_logger_logins(cfg.get("logger"))  # and a W&B login, before minutes of downloads and building
     module = build_module(cfg, datamodule)
     module.precision_reason = precision[1]
+    if module.fp32_convs and precision[0] == "bf16-true" and not on_gpu(cfg.trainer):
+        raise SegkitError(
+            f"trainer.precision=bf16-true on a CPU: oneDNN's bf16 weight gradient of {module.fp32_convs[0]} (over "
+            "2048 channels to under 16) corrupts memory; use trainer.precision=bf16-mixed (it keeps that layer fp32)"
+        )
     if module.fp32_convs and precision[0] == "bf16-mixed" and not on_gpu(cfg.trainer):
         log.info(
             f"precision: {', '.join(module.fp32_convs[:4])} stay fp32 under bf16 autocast "
