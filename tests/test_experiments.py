@@ -119,6 +119,8 @@ def test_recipes_hold_their_published_settings(tmp_path):
         assert cfg.data.labels.name == "ade20k" and 384 <= cfg.data.input.crop_size[0] <= 480
     quick, unet = compose_experiment("camvid_quick", tmp_path), compose_experiment("camvid_unet_small", tmp_path)
     assert quick.model.backbone == "mit_b0" and quick.data.batch_size == 4 and quick.optimizer.lr == 3e-3
+    # the two settings that kept its runs from going wrong early (docs/measurements.md)
+    assert quick.trainer.gradient_clip_val == 1.0 and quick.scheduler.warmup_steps == 500
     assert unet.model._target_.endswith("UNet") and unet.data.batch_size == 2 and unet.channels_last
     for recipe in (quick, unet):  # time-budgeted, annealed at the limit, precision chosen for the processor
         assert recipe.scheduler.budget == "time" and recipe.trainer.max_time == "00:00:20:00"
