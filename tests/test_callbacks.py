@@ -8,6 +8,7 @@ import struct
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from segkit.callbacks import read_epoch_curves
@@ -157,3 +158,32 @@ def test_a_time_limited_run_validates_the_weights_it_stops_at(tmp_path, validate
         assert Path(metrics["best_model_path"]).is_file()
     else:
         assert rows == [] and "val/mIoU" not in metrics
+
+
+def test_ema_update_is_lightnings_in_one_kernel():
+    """segkit's EMA callback averages as Lightning's (decay * average + (1 - decay) * weights, buffers included)
+    and keeps its state key, so checkpoints of either load in the other."""
+    from pytorch_lightning.callbacks import EMAWeightAveraging as LightningEMA
+
+    from segkit.callbacks import EMAWeightAveraging
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    module = pl.LightningModule()
+    module.net = net
+    ours, theirs = EMAWeightAveraging(decay=0.9), LightningEMA(decay=0.9)
+    assert ours.state_key == theirs.state_key
+    for callback in (ours, theirs):
+        callback.setup(None, module, "fit")
+    for _ in range(4):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+            net(torch.randn(2, 3, 8, 8))  # BatchNorm running statistics move too
+        for callback in (ours, theirs):
+            callback._average_model.update_parameters(module)
+    a, b = ours._average_model.module.state_dict(), theirs._average_model.module.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+    assert not torch.equal(a["net.0.weight"], net.state_dict()["0.weight"])  # an average, not the weights

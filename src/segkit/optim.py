@@ -47,6 +47,11 @@ def optimizer_over_groups(factory: Callable[..., Optimizer], net: nn.Module) -> 
     per-model code. ``head_lr_mult`` and ``no_decay_norm_bias`` are taken out of the partial's keywords here (torch's
     optimisers do not know them); the rest (``lr``, ``weight_decay``, ``momentum``, ``betas`` ...) goes to torch.
     A factory that is not a partial gets the trainable parameters as they are.
+
+    Where every parameter is on the CPU and the optimiser has a fused kernel (Adam, AdamW, SGD, Adagrad), it is
+    used unless ``fused`` or ``foreach`` is set: torch's default there is a loop over the tensors, and the fused
+    AdamW step of SegFormer-B0 took 3.1 ms against 12.4 ms (docs/measurements.md). ``optimizer.fused=false`` keeps
+    the loop.
     """
     if not isinstance(factory, functools.partial):
         return factory(p for p in net.parameters() if p.requires_grad)
@@ -61,7 +66,35 @@ def optimizer_over_groups(factory: Callable[..., Optimizer], net: nn.Module) -> 
     lr = keywords.get("lr", _default(factory.func, "lr"))
     weight_decay = keywords.get("weight_decay", _default(factory.func, "weight_decay") or 0.0)
     groups = param_groups(net, lr, weight_decay, head_lr_mult, no_decay_norm_bias)
-    return factory.func(groups, *factory.args, **keywords)
+    fused = _fused_on_cpu(factory.func, keywords, [p for group in groups for p in group["params"]])
+    if fused:
+        keywords["fused"] = True
+    elif keywords.get("fused") is None:
+        keywords.pop("fused", None)
+    optimizer = factory.func(groups, *factory.args, **keywords)
+    if fused:
+        # The fused step can take a GradScaler's scale itself, and says so with this flag; Lightning then refuses to
+        # clip gradients under any mixed precision, bf16 included. Without it a scaler unscales the gradients before
+        # clipping and the step, as for any optimiser; the fused kernel is still the one that runs.
+        optimizer._step_supports_amp_scaling = False
+    return optimizer
+
+
+def _fused_on_cpu(optimizer_class: Callable, keywords: dict[str, Any], params: list[torch.Tensor]) -> bool:
+    """Whether to ask for the fused step: nothing chosen (``fused``, ``foreach``, ``differentiable``), a fused kernel
+    in the optimiser's signature, and floating-point parameters all on the CPU."""
+    if any(keywords.get(name) is not None for name in ("fused", "foreach")) or keywords.get("differentiable"):
+        return False
+    if _default(optimizer_class, "fused") is not None or "fused" not in _parameters(optimizer_class):
+        return False
+    return bool(params) and all(p.device.type == "cpu" and p.is_floating_point() for p in params)
+
+
+def _parameters(optimizer_class: Callable) -> set[str]:
+    try:
+        return set(inspect.signature(optimizer_class).parameters)
+    except (TypeError, ValueError):
+        return set()
 
 
 def _default(optimizer_class: Callable, name: str) -> Any:

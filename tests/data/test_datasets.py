@@ -192,3 +192,49 @@ def test_errors_in_loader_workers_keep_the_message(tmp_path):
     with pytest.raises(SegkitError, match=r"^cannot read image '.*frame_0.jpg'") as err:
         next(iter(loader))
     assert "\n" not in str(err.value) and "Traceback" in err.value.worker_traceback  # the line, not torch's report
+
+
+def test_decoded_cache_reads_each_file_once_and_hands_out_copies(tmp_path, monkeypatch):
+    """``data.cache_mb``: a kept sample is decoded once, comes back equal and in its own dtypes, and a caller that
+    writes into what it got does not change it; past the limit samples are read again; class statistics and a
+    DataLoader worker see the same samples."""
+    from segkit.data.datamodule import SegmentationDataModule
+    from segkit.data.pipeline import DecodedCache, TransformedDataset
+
+    root = trees.folder_tree(tmp_path, n=3, rgb=False)
+    table = load_table({"classes": [{"name": n} for n in "abc"]})
+    dataset = ImageMaskFolder("train", table, root=root, ratios={"train": 1.0})
+    reads: list[int] = []
+    read_input = dataset.read_input
+    monkeypatch.setattr(dataset, "read_input", lambda i: reads.append(i) or read_input(i))
+    image, mask = dataset[0]
+    size = (image.nbytes + mask.size) / 2**20  # the mask kept as uint8
+    assert mask.dtype == np.int64
+    cache = DecodedCache(dataset, limit_mb=1.5 * size)
+    reads.clear()
+    first, again = cache[0], cache[0]
+    assert reads == [0] and cache.kept[0][1][0].dtype == np.uint8
+    for got in (first, again):
+        np.testing.assert_array_equal(got[0], image)
+        np.testing.assert_array_equal(got[1], mask)
+        assert got[0].dtype == image.dtype and got[1].dtype == mask.dtype
+    first[0][:] = 0
+    first[1][:] = 7
+    np.testing.assert_array_equal(cache[0][0], image)
+    np.testing.assert_array_equal(cache[0][1], mask)
+    cache[1], cache[1]  # over the limit: read every time
+    assert reads == [0, 1, 1] and list(cache.kept) == [0]
+    np.testing.assert_array_equal(cache.mask(0), dataset.mask(0))
+    assert len(cache) == 3 and cache.pairs == dataset.pairs  # the dataset's own attributes
+    monkeypatch.undo()
+    loader = torch.utils.data.DataLoader(
+        TransformedDataset(cache, InputSpec(table).eval_transform()), batch_size=1, num_workers=1
+    )
+    assert torch.equal(next(iter(loader))[1][0], torch.as_tensor(mask))
+    data = SegmentationDataModule(
+        dataset=lambda split, labels, root: ImageMaskFolder(split, labels, root=root, ratios={"train": 1.0}),
+        labels=table, splits={"train": "train"}, root=str(root), cache_mb=64,
+    )  # fmt: skip
+    assert isinstance(data.split_dataset("train").dataset, DecodedCache)
+    with pytest.raises(SegkitError, match=r"data\.cache_mb=-1"):
+        SegmentationDataModule(dataset=ImageMaskFolder, labels=table, cache_mb=-1)

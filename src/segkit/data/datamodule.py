@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from segkit import SegkitError
 from segkit.data.input_spec import InputSpec
 from segkit.data.labels import LabelTable, load_table
-from segkit.data.pipeline import TransformedDataset, collate_eval
+from segkit.data.pipeline import DecodedCache, TransformedDataset, collate_eval
 from segkit.data.samplers import SeededSampler, UnpaddedDistributedSampler
 from segkit.data.transforms import check_focus_classes, train_transforms
 
@@ -56,6 +56,8 @@ class SegmentationDataModule(LightningDataModule):
         root: the dataset folder, passed to the factory (``data.root``); None for generated data.
         reduce_zero_label: overrides the table's (ADE20K: id 0 ignored, or trained as "other").
         use_depth: passed to the factory when set (SUN RGB-D's depth as a fourth channel).
+        cache_mb: MiB of decoded samples each loading process keeps in memory (``DecodedCache``), per split; 0 reads
+            every sample from its files each time.
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class SegmentationDataModule(LightningDataModule):
         root: str | None = None,
         reduce_zero_label: bool | None = None,
         use_depth: bool | None = None,
+        cache_mb: float = 0,
     ) -> None:
         super().__init__()
         self.labels: LabelTable = load_table(labels, unknown=unknown_ids, reduce_zero_label=reduce_zero_label)
@@ -104,6 +107,9 @@ class SegmentationDataModule(LightningDataModule):
         self.train_transform = self.spec.train_transform(_train_factory(train_transform))
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.num_workers = num_workers
+        if isinstance(cache_mb, bool) or not isinstance(cache_mb, int | float) or cache_mb < 0:
+            raise SegkitError(f"data.cache_mb={cache_mb}: give the MiB of decoded images to keep in memory, 0 for none")
+        self.cache_mb = cache_mb
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.seed, self.in_channels, self.name, self.root = seed, in_channels, name, root
         self._datasets: dict[str, Dataset] = {}
@@ -143,7 +149,10 @@ class SegmentationDataModule(LightningDataModule):
             transform = self.train_transform if stage == "train" else self.spec.eval_transform()
             if stage == "train":
                 check_focus_classes(self.train_transform, self.labels.num_classes, self.labels.name)
-            self._datasets[stage] = TransformedDataset(self.raw_dataset(stage), transform, full_mask=stage != "train")
+            raw = self.raw_dataset(stage)
+            if self.cache_mb > 0:
+                raw = DecodedCache(raw, self.cache_mb)
+            self._datasets[stage] = TransformedDataset(raw, transform, full_mask=stage != "train")
         return self._datasets[stage]
 
     def eval_dataset(self, stage: str) -> Dataset:

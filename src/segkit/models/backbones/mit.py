@@ -79,7 +79,7 @@ class OverlapPatchEmbed(nn.Module):
 class EfficientSelfAttention(nn.Module):
     """Multi-head self-attention whose keys and values come from the map shrunk ``reduction`` times per side (a
     conv with kernel = stride = ``reduction``, then LayerNorm): N x N/R^2 attention instead of N x N. Computed by
-    ``scaled_dot_product_attention`` (a fused kernel: the N x M weights are never stored for backward).
+    ``attention`` below.
 
     A map smaller than ``reduction`` (from an input under 29 pixels a side) is padded up to it before the
     reduction, where the authors' code fails (its reduction conv gets a map smaller than its kernel); every other
@@ -107,8 +107,19 @@ class EfficientSelfAttention(nn.Module):
                 grid = F.pad(grid, (0, max(r - w, 0), 0, max(r - h, 0)))
             source = self.reduction_norm(_as_tokens(self.reduction(grid)))
         k, v = self.kv(source).reshape(b, -1, 2, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d)) v`` over B x heads x tokens x d tensors. On a CPU, where the keys are few (up to 4d,
+    as MiT's reduced ones are: 35 keys of 32 channels at 176x240), as two matrix products and a float32 softmax: there
+    torch's fused kernel took 3-6x as long forward and backward in bf16 (docs/measurements.md), and the N x M weights
+    it avoids storing are no larger than 4x the queries. Elsewhere (a GPU, many keys) the fused kernel."""
+    if q.device.type == "cpu" and k.shape[-2] <= 4 * q.shape[-1]:
+        weights = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+        return weights.float().softmax(-1).to(v.dtype) @ v
+    return F.scaled_dot_product_attention(q, k, v)
 
 
 class MixFFN(nn.Module):
