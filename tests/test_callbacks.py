@@ -173,6 +173,7 @@ def test_ema_update_is_lightnings_in_one_kernel():
     module.net = net
     ours, theirs = EMAWeightAveraging(decay=0.9), LightningEMA(decay=0.9)
     assert ours.state_key == theirs.state_key
+    assert "multi_avg_fn" in ours._kwargs and "avg_fn" not in ours._kwargs  # the foreach update, not the loop
     for callback in (ours, theirs):
         callback.setup(None, module, "fit")
     for _ in range(4):

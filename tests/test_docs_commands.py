@@ -156,6 +156,9 @@ COVERAGE: dict[str, Run | Compose | Covered | NotRunnable] = {
     "python scripts/browse_dataset.py data=camvid data.root=/path/to/camvid --out camvid.png": Covered(
         "tests/data/test_scripts.py::test_browse_writes_a_grid_with_legend", ("browse_main", "--out")
     ),
+    "python scripts/step_breakdown.py experiment=camvid_quick data.root=../shared/data/camvid --steps 60": Covered(
+        "tests/data/test_scripts.py::test_step_breakdown_times_each_part_of_a_step", ("breakdown_main",)
+    ),
     "python scripts/loading_speed.py": Covered(
         "tests/data/test_scripts.py::test_loading_speed_reports_images_per_second", ("speed_main",)
     ),

@@ -50,7 +50,7 @@ def optimizer_over_groups(factory: Callable[..., Optimizer], net: nn.Module) -> 
 
     Where every parameter is on the CPU and the optimiser has a fused kernel (Adam, AdamW, SGD, Adagrad), it is
     used unless ``fused`` or ``foreach`` is set: torch's default there is a loop over the tensors, and the fused
-    AdamW step of SegFormer-B0 took 3.1 ms against 12.4 ms (docs/measurements.md). ``optimizer.fused=false`` keeps
+    AdamW step of SegFormer-B0 took about a third of its time (docs/measurements.md). ``optimizer.fused=false`` keeps
     the loop.
     """
     if not isinstance(factory, functools.partial):
@@ -78,6 +78,16 @@ def optimizer_over_groups(factory: Callable[..., Optimizer], net: nn.Module) -> 
         # clipping and the step, as for any optimiser; the fused kernel is still the one that runs.
         optimizer._step_supports_amp_scaling = False
     return optimizer
+
+
+def keep_configured_kernels(optimizer: Optimizer) -> None:
+    """A resumed optimiser's parameter groups take ``fused`` and ``foreach`` back from the checkpoint (torch's
+    ``load_state_dict``): put the ones this run's config chose (its ``defaults``) back, so a checkpoint from before the
+    fused default, or ``optimizer.fused=false`` given on resuming, gets what the config says."""
+    for group in optimizer.param_groups:
+        for key in ("fused", "foreach"):
+            if key in optimizer.defaults:
+                group[key] = optimizer.defaults[key]
 
 
 def _fused_on_cpu(optimizer_class: Callable, keywords: dict[str, Any], params: list[torch.Tensor]) -> bool:

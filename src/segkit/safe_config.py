@@ -231,7 +231,7 @@ def build_stored_data(data_cfg: Any, source: str, spec: Any, root: str | None = 
         raise SegkitError(
             f"{source}: {key}._target_={cfg['_target_']!r} is not segkit's data module ({DATA_CALLABLES[0]})"
         )
-    for name in ("labels", "input", "reduce_zero_label", "in_channels"):
+    for name in ("labels", "input", "reduce_zero_label", "in_channels", "cache_mb"):  # cache_mb: one pass gains nothing
         cfg.pop(name, None)
     if root is not None:
         cfg["root"] = str(root)

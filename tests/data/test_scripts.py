@@ -88,3 +88,20 @@ def test_camvid_quick_verdict_follows_precision_and_threads():
     assert verdict(0.6, ious, 2, "bf16-mixed").endswith("no class below 0.1: NOT met (pole)")
     assert verdict(0.6, {"road": 0.9}, 2, "bf16-mixed").endswith("no class below 0.1: met")
     assert verdict(0.6, {}, 2, "bf16-mixed").endswith("no class below 0.1: NOT met (no per-class IoU)")
+
+
+def test_step_breakdown_times_each_part_of_a_step(capsys):
+    """segkit's choices and the ones before them (fused attention, Lightning's EMA, torch's optimiser loop), on
+    SegFormer-B0 and synthetic images: one row of positive times each."""
+    from scripts.step_breakdown import main as breakdown_main
+
+    base = ["model=segformer_b0", "optimizer=adamw", "callbacks=ema", "trainer.precision=32-true"]
+    base += ["data.dataset.height=32", "data.dataset.width=48", "data.batch_size=2", "--steps", "2", "--warmup", "1"]
+    assert breakdown_main(base) == 0
+    assert breakdown_main(base + ["optimizer.fused=false", "--fused-attention", "--lightning-ema"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line[:3].strip("| ").replace(".", "").isdigit()]
+    assert len(rows) == 2
+    for row in rows:
+        values = [float(v) for v in row.strip("| ").split(" | ")]
+        assert len(values) == 8 and all(v >= 0 for v in values) and values[-2] > 0  # ms are rounded to 0.1
+    assert breakdown_main(["trainer.precision=16-mixed", "--steps", "1"]) == 1

@@ -218,8 +218,8 @@ def test_decoder_computes_the_papers_concatenation():
 
 
 def test_cpu_attention_with_few_keys_is_the_fused_kernels_function(monkeypatch):
-    """On a CPU with few keys (MiT's reduced ones) attention is two matrix products, 3-6x faster there than torch's
-    fused kernel in bf16; values and gradients are the kernel's, in fp32 and under bf16 autocast. Many keys keep the
+    """On a CPU with few keys (MiT's reduced ones) attention is two matrix products, faster there than torch's fused
+    kernel in bf16; values and gradients are the kernel's, in fp32 and under bf16 autocast. Many keys keep the
     fused kernel."""
     import segkit.models.backbones.mit as mit
 

@@ -14,9 +14,9 @@ from torch.utils.data import Dataset
 
 class DecodedCache(Dataset):
     """``dataset``'s ``(image, mask)`` samples kept in memory once read, up to ``limit_mb`` MiB; samples past the
-    limit are read from their files every time. Decoding is most of what loading a training sample costs (7.4 of
-    7.7 ms for a CamVid pair on one core, docs/measurements.md), and on a small CPU the process that decodes takes
-    time from the net's threads. Masks whose values fit are kept as uint8 and handed back in their own dtype; each
+    limit are read from their files every time. Decoding is most of what loading a training sample costs (a CamVid
+    batch of 4: 34 ms from the files, 7 ms from memory, docs/measurements.md), and on a small CPU the process that
+    decodes takes time from the net's threads. Masks whose values fit are kept as uint8 and handed back in their own dtype; each
     read returns copies, so nothing downstream can change a kept sample. The memory is per process: each DataLoader
     worker fills its own copy (``data.num_workers=0`` keeps one, in the training process)."""
 
@@ -37,6 +37,8 @@ class DecodedCache(Dataset):
         kept = self.kept.get(index)
         if kept is None:
             sample = self.dataset[index]
+            if self.bytes >= self.limit:
+                return sample
             kept = tuple(_compact(a) for a in sample)
             size = sum(a[0].nbytes if isinstance(a, tuple) else getattr(a, "nbytes", 0) for a in kept)
             if self.bytes + size > self.limit:
@@ -46,9 +48,10 @@ class DecodedCache(Dataset):
 
     def mask(self, index: int) -> np.ndarray:
         """The remapped mask alone (class statistics), from memory when kept."""
-        if index in self.kept:
+        read_mask = getattr(self.dataset, "mask", None)
+        if index in self.kept or read_mask is None:
             return self[index][1]
-        return self.dataset.mask(index)  # type: ignore[attr-defined]
+        return read_mask(index)
 
 
 def _compact(value: Any) -> Any:

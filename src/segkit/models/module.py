@@ -199,8 +199,13 @@ class SegmentationModule(LightningModule):
         )
 
     def on_train_start(self) -> None:
-        """A resumed run replays the steps after its checkpoint: the CSV history drops what they had logged."""
+        """A resumed run replays the steps after its checkpoint: the CSV history drops what they had logged. Its
+        optimisers run the kernels this run's config chose, not the checkpoint's (``keep_configured_kernels``)."""
         from segkit.loggers import ResumableCSVLogger
+        from segkit.optim import keep_configured_kernels
+
+        for optimizer in self.trainer.optimizers:
+            keep_configured_kernels(optimizer)
 
         for logger in self.loggers:
             if isinstance(logger, ResumableCSVLogger) and self.trainer.is_global_zero:

@@ -114,8 +114,8 @@ class EfficientSelfAttention(nn.Module):
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``softmax(q k^T / sqrt(d)) v`` over B x heads x tokens x d tensors. On a CPU, where the keys are few (up to 4d,
     as MiT's reduced ones are: 35 keys of 32 channels at 176x240), as two matrix products and a float32 softmax: there
-    torch's fused kernel took 3-6x as long forward and backward in bf16 (docs/measurements.md), and the N x M weights
-    it avoids storing are no larger than 4x the queries. Elsewhere (a GPU, many keys) the fused kernel."""
+    torch's fused kernel made SegFormer-B0's bf16 backward pass up to twice as long (docs/measurements.md), and the
+    N x M weights it avoids storing (kept here for backward in a few copies) are each no larger than 4x the queries. Elsewhere (a GPU, many keys) the fused kernel."""
     if q.device.type == "cpu" and k.shape[-2] <= 4 * q.shape[-1]:
         weights = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
         return weights.float().softmax(-1).to(v.dtype) @ v
