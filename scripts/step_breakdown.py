@@ -34,8 +34,9 @@ PARTS = ("data", "forward", "loss", "backward", "optimizer", "ema")
 
 
 def batches(datamodule):
+    loader = datamodule.train_dataloader()  # one loader: its workers (and their caches) live on, as in a run
     while True:
-        yield from datamodule.train_dataloader()
+        yield from loader
 
 
 def main(argv: list[str] | None = None) -> int:
