@@ -174,6 +174,11 @@ def test_ema_update_is_lightnings_in_one_kernel():
     ours, theirs = EMAWeightAveraging(decay=0.9), LightningEMA(decay=0.9)
     assert ours.state_key == theirs.state_key
     assert "multi_avg_fn" in ours._kwargs and "avg_fn" not in ours._kwargs  # the foreach update, not the loop
+    positional = EMAWeightAveraging("cpu", False, 0.5, 2)  # Lightning's argument order
+    assert (str(positional._device), positional._use_buffers, positional.update_every_n_steps) == ("cpu", False, 2)
+    average = [torch.zeros(3)]
+    positional._kwargs["multi_avg_fn"](average, [torch.ones(3)], torch.tensor(1))
+    torch.testing.assert_close(average[0], torch.full((3,), 0.5))  # decay 0.5: half-way to the weights
     for callback in (ours, theirs):
         callback.setup(None, module, "fit")
     for _ in range(4):

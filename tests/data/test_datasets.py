@@ -238,5 +238,6 @@ def test_decoded_cache_reads_each_file_once_and_hands_out_copies(tmp_path, monke
     assert isinstance(data.split_dataset("train").dataset, DecodedCache)
     samples = [(image, mask)]  # a dataset of the user's without mask(): class statistics read the sample
     np.testing.assert_array_equal(DecodedCache(samples, limit_mb=0).mask(0), mask)
-    with pytest.raises(SegkitError, match=r"data\.cache_mb=-1"):
-        SegmentationDataModule(dataset=ImageMaskFolder, labels=table, cache_mb=-1)
+    for bad in (-1, float("nan"), float("inf")):
+        with pytest.raises(SegkitError, match=rf"data\.cache_mb={bad}"):
+            SegmentationDataModule(dataset=ImageMaskFolder, labels=table, cache_mb=bad)

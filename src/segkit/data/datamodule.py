@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 
 import albumentations as A
@@ -107,7 +108,7 @@ class SegmentationDataModule(LightningDataModule):
         self.train_transform = self.spec.train_transform(_train_factory(train_transform))
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.num_workers = num_workers
-        if isinstance(cache_mb, bool) or not isinstance(cache_mb, int | float) or cache_mb < 0:
+        if isinstance(cache_mb, bool) or not isinstance(cache_mb, int | float) or not 0 <= cache_mb < math.inf:
             raise SegkitError(f"data.cache_mb={cache_mb}: give the MiB of decoded images to keep in memory, 0 for none")
         self.cache_mb = cache_mb
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
