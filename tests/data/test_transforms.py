@@ -73,6 +73,13 @@ def test_focus_crop_is_a_function_of_the_seed():
         (dict(crop_size=None, focus_classes=[2]), "focus_classes needs crop=scale"),
         (dict(crop_size=(64, 64), focus_classes=[2], focus_p=1.5), "focus_p=1.5"),
         (dict(crop_size=(64, 64), focus_classes=[2], focus_p=None), "focus_p=None"),
+        # the augmentation numbers: out of range, text, nan and bool are one line naming the key and the range
+        (dict(crop_size=(64, 64), color_jitter=-0.2), r"color_jitter=-0.2; use a jitter strength from 0 to 1"),
+        (dict(crop_size=(64, 64), color_jitter="abc"), r"color_jitter='abc'; use a jitter strength"),
+        (dict(crop_size=(64, 64), color_jitter=float("nan")), r"color_jitter=nan; use"),
+        (dict(crop_size=(64, 64), hflip=1.5), r"hflip=1.5; use a probability from 0 to 1"),
+        (dict(crop_size=(64, 64), hflip=True), r"hflip=True; use a probability"),
+        (dict(crop_size=(64, 64), rotate=-10), r"rotate=-10; use a largest angle in degrees from 0 to 180"),
         (dict(crop_size=(64, 64), focus_classes=[2, 255]), "holds the ignore id 255"),
     ],
 )

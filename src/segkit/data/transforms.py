@@ -7,6 +7,7 @@ and resizing uses nearest neighbour; the wrapper turns them into int64 tensors a
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import albumentations as A
 import cv2
@@ -85,6 +86,13 @@ def check_focus_classes(transform: Callable, num_classes: int, table: str) -> No
 MAX_SIDE = 8192  # pixels; larger sizes are typos (or hostile stored configs) that would allocate gigabytes
 
 
+def check_number(key: str, value: Any, low: float, high: float, what: str) -> None:
+    """A real number from ``low`` to ``high`` (not a bool, nan or text); one line naming the key and the range."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= float(value) <= high
+    if not ok:
+        raise SegkitError(f"{key}={value!r}; use {what} from {low:g} to {high:g}")
+
+
 def check_size(key: str, size: Sequence[int] | None) -> None:
     """``[height, width]`` of positive whole numbers up to ``MAX_SIDE``, or None; one line naming the key."""
     if size is None:
@@ -127,8 +135,10 @@ def train_transforms(
         raise SegkitError(
             f"data.train_transform.focus_classes holds the ignore id {int(ignore_index)}; list train ids of classes"
         )
-    if not isinstance(focus_p, (int, float)) or not 0.0 <= float(focus_p) <= 1.0:
-        raise SegkitError(f"data.train_transform.focus_p={focus_p}; use a probability in [0, 1]")
+    check_number("data.train_transform.focus_p", focus_p, 0.0, 1.0, "a probability")
+    check_number("data.train_transform.hflip", hflip, 0.0, 1.0, "a probability")
+    check_number("data.train_transform.color_jitter", color_jitter, 0.0, 1.0, "a jitter strength")
+    check_number("data.train_transform.rotate", rotate, 0.0, 180.0, "a largest angle in degrees")
     check_size("data.input.crop_size", None if crop_size is None else list(crop_size))
     check_size("data.train_transform.base_size", None if base_size is None else list(base_size))
     if crop == "resized" and crop_size is None:
